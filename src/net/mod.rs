@@ -1,0 +1,1 @@
+//! Shared network plumbing with no protocol knowledge.

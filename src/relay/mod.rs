@@ -1,0 +1,1 @@
+//! The relay: the control plane agents poll and the MCP endpoint AI clients call.
