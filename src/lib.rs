@@ -18,3 +18,7 @@ pub mod agent;
 
 #[cfg(feature = "relay")]
 pub mod relay;
+
+/// The sample MCP server used by `make run` and the tests.
+#[cfg(feature = "relay")]
+pub mod sample;

@@ -1,1 +1,3 @@
 //! The relay: the control plane agents poll and the MCP endpoint AI clients call.
+
+pub mod cli;
