@@ -3,6 +3,8 @@
 //! Each module implements one rule of the wire contract (protocol.md).
 
 pub mod channel;
+pub mod command;
+pub mod headers;
 pub mod json;
 pub mod timeout;
 
