@@ -112,7 +112,12 @@ def ensure_tools():
 
 
 def rathole_bin():
-    for cand in [shutil.which("rathole"), os.path.expanduser("~/.cargo/bin/rathole")]:
+    for cand in [
+        os.environ.get("RATHOLE"),
+        shutil.which("rathole"),
+        os.path.expanduser("~/.cargo/bin/rathole"),
+        os.path.join(CACHE, "bin", "rathole"),
+    ]:
         if cand and os.path.exists(cand):
             return cand
     return None
