@@ -789,3 +789,276 @@ fn unix_socket_serves_requests() {
     thread.join().expect("server thread");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// ------------------------------------------------------------------------------ TLS
+
+#[cfg(feature = "relay")]
+mod tls {
+    use super::*;
+    use mcp_tunnel::net::tls_listener::{serve_tls, server_config, ClientAuth};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+    use std::sync::{Arc, OnceLock};
+
+    fn openssl(dir: &Path, args: &[&str]) {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("the openssl CLI is needed for the TLS tests (apt-get install -y openssl)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn new_ca(dir: &Path, name: &str) {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.pem"),
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN={name}"),
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        );
+    }
+
+    fn new_leaf(dir: &Path, name: &str, ca: &str, ext: &str) {
+        std::fs::write(dir.join(format!("{name}.ext")), ext).expect("ext file");
+        openssl(
+            dir,
+            &[
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                &format!("{ca}.pem"),
+                "-CAkey",
+                &format!("{ca}.key"),
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                &format!("{name}.pem"),
+                "-extfile",
+                &format!("{name}.ext"),
+            ],
+        );
+    }
+
+    /// A CA with a server and a client certificate, plus a client from a CA the server does not trust.
+    fn pki() -> &'static Path {
+        static DIR: OnceLock<PathBuf> = OnceLock::new();
+        DIR.get_or_init(|| {
+            let dir = std::env::temp_dir().join(format!("mcp-tunnel-tls-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            new_ca(&dir, "ca");
+            new_ca(&dir, "rogue-ca");
+            let leaf = "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n";
+            new_leaf(
+                &dir,
+                "server",
+                "ca",
+                &format!("{leaf}extendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n"),
+            );
+            new_leaf(&dir, "client", "ca", &format!("{leaf}extendedKeyUsage=clientAuth\n"));
+            new_leaf(&dir, "rogue", "rogue-ca", &format!("{leaf}extendedKeyUsage=clientAuth\n"));
+            dir
+        })
+    }
+
+    fn start_tls(client_auth: ClientAuth) -> Server {
+        let dir = pki();
+        let config = server_config(
+            &dir.join("server.pem"),
+            &dir.join("server.key"),
+            &client_auth,
+        )
+        .expect("server config");
+        let shutdown = Shutdown::new();
+        let (tx, rx) = mpsc::channel();
+        let server_shutdown = shutdown.clone();
+        let thread = std::thread::spawn(move || {
+            let ex = Rc::new(LocalExecutor::new());
+            let listener = Async::<TcpListener>::bind(([127, 0, 0, 1], 0)).expect("bind");
+            tx.send(listener.get_ref().local_addr().expect("addr"))
+                .expect("send addr");
+            // Answers with the DER of the client certificate it saw (empty: none).
+            let handler: Rc<dyn Handler> = Rc::new(|req: Request| async move {
+                Response::json(200, req.client_cert.unwrap_or_default())
+            });
+            smol::block_on(ex.run(serve_tls(
+                listener,
+                config,
+                handler,
+                Limits::default(),
+                ex.clone(),
+                server_shutdown,
+            )));
+        });
+        let addr = rx.recv_timeout(BOUND).expect("server did not start");
+        Server {
+            addr,
+            shutdown,
+            thread: Some(thread),
+        }
+    }
+
+    /// One GET over TLS; `Ok(body)` only for a 200 answer.
+    fn tls_get(addr: SocketAddr, client: Option<&str>) -> Result<Vec<u8>, String> {
+        let dir = pki();
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_file(dir.join("ca.pem")).expect("ca"))
+            .expect("root");
+        let builder =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_root_certificates(roots);
+        let config = match client {
+            None => builder.with_no_client_auth(),
+            Some(name) => {
+                let cert = CertificateDer::from_pem_file(dir.join(format!("{name}.pem")))
+                    .expect("client cert");
+                let key = PrivateKeyDer::from_pem_file(dir.join(format!("{name}.key")))
+                    .expect("client key");
+                builder
+                    .with_client_auth_cert(vec![cert], key)
+                    .expect("client auth")
+            }
+        };
+        let name = ServerName::try_from("localhost").expect("name");
+        let conn = ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
+        let tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+        tcp.set_read_timeout(Some(BOUND)).expect("timeout");
+        let mut tls = StreamOwned::new(conn, tcp);
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .map_err(|e| e.to_string())?;
+        let mut answer = Vec::new();
+        tls.read_to_end(&mut answer).map_err(|e| e.to_string())?;
+        let split = answer
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or("no response head")?;
+        if !answer.starts_with(b"HTTP/1.1 200 OK\r\n") {
+            return Err(String::from_utf8_lossy(&answer[..split]).into_owned());
+        }
+        Ok(answer[split + 4..].to_vec())
+    }
+
+    fn der_of(name: &str) -> Vec<u8> {
+        CertificateDer::from_pem_file(pki().join(format!("{name}.pem")))
+            .expect("cert")
+            .to_vec()
+    }
+
+    #[test]
+    fn tls_without_client_auth_serves_requests() {
+        let server = start_tls(ClientAuth::Off);
+        assert_eq!(tls_get(server.addr, None), Ok(Vec::new()));
+        server.stop();
+    }
+
+    #[test]
+    fn required_client_auth_refuses_clients_without_a_trusted_certificate() {
+        let server = start_tls(ClientAuth::Required(pki().join("ca.pem")));
+        assert_eq!(tls_get(server.addr, Some("client")), Ok(der_of("client")));
+        assert!(
+            tls_get(server.addr, None).is_err(),
+            "served without a certificate"
+        );
+        assert!(
+            tls_get(server.addr, Some("rogue")).is_err(),
+            "served an untrusted certificate"
+        );
+        server.stop();
+    }
+
+    #[test]
+    fn optional_client_auth_serves_both_and_reports_the_certificate() {
+        let server = start_tls(ClientAuth::Optional(pki().join("ca.pem")));
+        assert_eq!(tls_get(server.addr, None), Ok(Vec::new()));
+        assert_eq!(tls_get(server.addr, Some("client")), Ok(der_of("client")));
+        assert!(
+            tls_get(server.addr, Some("rogue")).is_err(),
+            "served an untrusted certificate"
+        );
+        server.stop();
+    }
+
+    #[test]
+    fn setup_errors_name_the_file() {
+        let dir = pki();
+        let missing = dir.join("nope.key");
+        let err = server_config(&dir.join("server.pem"), &missing, &ClientAuth::Off)
+            .expect_err("missing key accepted");
+        assert!(err.to_string().contains("nope.key"), "{err}");
+
+        // A file with no key in it (the CA certificate).
+        let err = server_config(
+            &dir.join("server.pem"),
+            &dir.join("ca.pem"),
+            &ClientAuth::Off,
+        )
+        .expect_err("certificate accepted as key");
+        assert!(err.to_string().contains("ca.pem"), "{err}");
+
+        // A key that does not belong to the certificate.
+        let err = server_config(
+            &dir.join("server.pem"),
+            &dir.join("client.key"),
+            &ClientAuth::Off,
+        )
+        .expect_err("mismatched key accepted");
+        assert!(!err.to_string().is_empty());
+
+        let err = server_config(
+            &dir.join("server.pem"),
+            &dir.join("server.key"),
+            &ClientAuth::Required(dir.join("server.key")),
+        )
+        .expect_err("key accepted as CA");
+        assert!(err.to_string().contains("server.key"), "{err}");
+    }
+}
