@@ -26,10 +26,15 @@ struct Server {
 }
 
 impl Server {
-    /// Stops accepting and waits for the drain to finish.
+    /// Stops accepting and waits (bounded) for the drain to finish.
     fn stop(mut self) {
         self.shutdown.trigger();
         if let Some(t) = self.thread.take() {
+            let limit = std::time::Instant::now() + 2 * BOUND;
+            while !t.is_finished() && std::time::Instant::now() < limit {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert!(t.is_finished(), "serve_tcp did not return after shutdown");
             t.join().expect("server thread panicked");
         }
     }
@@ -391,6 +396,91 @@ fn response_helpers_build_the_documented_bodies() {
     server.stop();
 }
 
+#[test]
+fn large_bodies_cross_buffer_boundaries_both_ways() {
+    let server = start(Limits::default(), || {
+        Rc::new(|req: Request| async move {
+            match req.uri.path() {
+                // One stream item far larger than the output buffer.
+                "/stream" => Response::stream(200, smol::stream::once(req.body)),
+                _ => Response::json(200, req.body),
+            }
+        })
+    });
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let mut c = Client::connect(server.addr);
+    for path in ["/bytes", "/stream"] {
+        c.send(
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        c.send(&body);
+        let r = c.response();
+        assert_eq!(r.status, 200);
+        assert!(r.body == body, "{path}: body differs");
+    }
+    server.stop();
+}
+
+#[test]
+fn a_head_dripping_in_byte_by_byte_is_parsed() {
+    let server = start(Limits::default(), echo);
+    let mut c = Client::connect(server.addr);
+    c.r.get_mut().set_nodelay(true).expect("nodelay");
+    for b in b"GET /drip HTTP/1.1\r\nHost: t\r\nX-A: b\r\n\r\n" {
+        c.send(&[*b]);
+    }
+    assert_eq!(c.response().header("x-path"), Some("/drip"));
+    server.stop();
+}
+
+#[test]
+fn practically_infinite_limits_do_not_overflow() {
+    let limits = Limits {
+        head_timeout: Duration::MAX,
+        body_timeout: Duration::MAX,
+        idle_timeout: Duration::MAX,
+        write_timeout: Duration::MAX,
+        max_body_bytes: usize::MAX,
+        ..Limits::default()
+    };
+    let server = start(limits, echo);
+    let mut c = Client::connect(server.addr);
+    c.send(
+        b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    );
+    assert_eq!(c.response().body, b"abc");
+    server.stop();
+}
+
+#[test]
+fn debug_output_hides_header_values() {
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        "authorization",
+        http::HeaderValue::from_static("Bearer s3cr3t"),
+    );
+    let req = Request {
+        method: http::Method::GET,
+        uri: http::Uri::from_static("/x"),
+        headers,
+        body: b"payload".to_vec(),
+        peer: None,
+        client_cert: None,
+    };
+    let shown = format!("{req:?}");
+    assert!(shown.contains("authorization"), "{shown}");
+    assert!(
+        !shown.contains("s3cr3t") && !shown.contains("payload"),
+        "{shown}"
+    );
+    let resp = Response::empty(200).with_header("x-token", "s3cr3t");
+    assert!(!format!("{resp:?}").contains("s3cr3t"));
+}
+
 // ------------------------------------------------------------------------------ limits
 
 #[test]
@@ -612,13 +702,7 @@ fn stream_chunks_arrive_while_the_stream_is_open() {
     let server = start(Limits::default(), move || {
         Rc::new(move |_req: Request| {
             let rx = chunks_rx.clone();
-            async move {
-                Response {
-                    status: 200,
-                    headers: vec![("content-type".into(), "text/event-stream".into())],
-                    body: Body::Stream(Box::pin(rx)),
-                }
-            }
+            async move { Response::stream(200, rx).with_header("content-type", "text/event-stream") }
         })
     });
     let mut c = Client::connect(server.addr);

@@ -71,8 +71,8 @@ impl Default for Limits {
     }
 }
 
-/// One request as the handler sees it: head and whole body.
-#[derive(Debug)]
+/// One request as the handler sees it: head and whole body. Its `Debug`
+/// shows header names only: values can be credentials.
 pub struct Request {
     pub method: Method,
     /// Path and query as sent (origin form), or the absolute form if the client used it.
@@ -84,6 +84,19 @@ pub struct Request {
     pub peer: Option<SocketAddr>,
     /// DER of the TLS peer's leaf certificate, when TLS with client auth presented one.
     pub client_cert: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Request")
+            .field("method", &self.method)
+            .field("uri", &self.uri)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("body_len", &self.body.len())
+            .field("peer", &self.peer)
+            .field("client_cert", &self.client_cert.as_ref().map(|c| c.len()))
+            .finish()
+    }
 }
 
 pub enum Body {
@@ -107,12 +120,24 @@ impl fmt::Debug for Body {
 /// A response from a handler. The server sets `content-length` for
 /// `Empty`/`Bytes` and chunked framing for `Stream`; framing headers the
 /// handler sets for those bodies are replaced (a `content-length` on a stream
-/// body is kept and enforced).
-#[derive(Debug)]
+/// body is kept and enforced). Its `Debug` shows header names only.
 pub struct Response {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Body,
+}
+
+impl fmt::Debug for Response {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Response")
+            .field("status", &self.status)
+            .field(
+                "headers",
+                &self.headers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .field("body", &self.body)
+            .finish()
+    }
 }
 
 impl Response {
@@ -139,6 +164,15 @@ impl Response {
         let message = miniserde::json::to_string(message);
         let body = format!(r#"{{"error":{{"code":{code},"message":{message}}}}}"#);
         Response::json(status, body.into_bytes())
+    }
+
+    /// A streamed body (SSE and the like): chunked, each item flushed as it comes.
+    pub fn stream(status: u16, body: impl Stream<Item = Vec<u8>> + 'static) -> Response {
+        Response {
+            status,
+            headers: Vec::new(),
+            body: Body::Stream(Box::pin(body)),
+        }
     }
 
     pub fn with_header(mut self, name: &str, value: &str) -> Response {
@@ -642,7 +676,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         } else {
             self.limits.idle_timeout
         };
-        match self.fill(Instant::now() + wait, true).await {
+        match self.fill(deadline_after(wait), true).await {
             Ok(Input::Data) => Ok(()),
             Ok(Input::Eof) => Err(End::ClientGone),
             Ok(Input::Shutdown) => Err(End::Shutdown),
@@ -670,7 +704,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Reads until ureq-proto has a whole request head, within `head_timeout`
     /// and `max_head_bytes`.
     async fn recv_head(&mut self) -> Result<(Head, Reply<RecvRequest>), End> {
-        let deadline = Instant::now() + self.limits.head_timeout;
+        let deadline = deadline_after(self.limits.head_timeout);
         let mut reply = match Reply::new() {
             Ok(r) => r,
             Err(e) => return Err(End::BadResponse(e)),
@@ -814,7 +848,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             // last-chunk of our own instead of waiting for bytes that never come.
             end_chunked_body(&mut reply);
         }
-        let deadline = Instant::now() + self.limits.body_timeout;
+        let deadline = deadline_after(self.limits.body_timeout);
         // Grow the body only as bytes arrive, so a large declared length costs
         // nothing until it is actually sent.
         let limit = match head.content_length {
@@ -1067,7 +1101,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// unread input would make the kernel send a reset that can destroy our
     /// answer before the client reads it.
     async fn linger_close(&mut self) {
-        let deadline = Instant::now() + LINGER.min(self.limits.head_timeout);
+        let deadline = deadline_after(LINGER.min(self.limits.head_timeout));
         let closed = smol::future::or(async { Some(self.io.close().await) }, async {
             Timer::at(deadline).await;
             None
@@ -1184,6 +1218,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             ))
         }
     }
+}
+
+/// `now + d`, saturating: a configured timeout of "practically forever" must
+/// not overflow `Instant`.
+fn deadline_after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+        .unwrap_or(now)
 }
 
 fn body_too_large() -> Response {
