@@ -481,6 +481,52 @@ fn debug_output_hides_header_values() {
     assert!(!format!("{resp:?}").contains("s3cr3t"));
 }
 
+#[test]
+fn http10_without_keep_alive_is_closed_after_the_response() {
+    let server = start(Limits::default(), echo);
+    let mut c = Client::connect(server.addr);
+    c.send(b"GET /old HTTP/1.0\r\n\r\n");
+    assert_eq!(c.response().header("x-path"), Some("/old"));
+    assert!(c.closed());
+
+    let mut c = Client::connect(server.addr);
+    for _ in 0..2 {
+        c.send(b"GET /old HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        assert_eq!(c.response().status, 200);
+    }
+    server.stop();
+}
+
+#[test]
+fn framing_headers_from_handlers_are_replaced_and_bad_responses_become_500() {
+    let server = start(Limits::default(), || {
+        Rc::new(|req: Request| async move {
+            match req.uri.path() {
+                "/lying-length" => Response::json(200, b"four".to_vec())
+                    .with_header("content-length", "100")
+                    .with_header("transfer-encoding", "chunked"),
+                "/informational" => Response::empty(101),
+                _ => Response::empty(200).with_header("bad header", "x"),
+            }
+        })
+    });
+    let mut c = Client::connect(server.addr);
+    c.send(&get("/lying-length"));
+    let r = c.response();
+    assert_eq!(
+        (r.header("content-length"), r.body.as_slice()),
+        (Some("4"), &b"four"[..])
+    );
+    assert_eq!(r.header("transfer-encoding"), None);
+    c.send(&get("/informational"));
+    let r = c.response();
+    assert_eq!((r.status, r.error_code().as_str()), (500, "internal_error"));
+    let mut c = Client::connect(server.addr);
+    c.send(&get("/bad-header"));
+    assert_eq!(c.response().status, 500);
+    server.stop();
+}
+
 // ------------------------------------------------------------------------------ limits
 
 #[test]
