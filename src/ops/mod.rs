@@ -1,3 +1,4 @@
 //! Operations: logging, health, metrics.
 
 pub mod prom;
+pub mod shutdown;
