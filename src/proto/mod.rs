@@ -4,8 +4,12 @@
 
 pub mod channel;
 pub mod command;
+pub mod failure;
 pub mod headers;
 pub mod json;
+pub mod jsonrpc;
+pub mod response;
+pub mod sse;
 pub mod timeout;
 
 #[cfg(test)]
