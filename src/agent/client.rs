@@ -1,6 +1,7 @@
 //! The outbound HTTP clients (ureq agents): pooled keep-alive connections,
 //! rustls with ring and the operating system's trust store.
 
+use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,4 +59,19 @@ pub fn agent(opts: &ClientOptions, tls: TlsConfig) -> ureq::Agent {
 pub fn agents(cp: &ClientOptions, mcp: &ClientOptions) -> (ureq::Agent, ureq::Agent) {
     let tls = tls_config();
     (agent(cp, tls.clone()), agent(mcp, tls))
+}
+
+/// Bodies up to this size are read to the end to keep the connection.
+const MAX_DRAIN: u64 = 64 * 1024;
+
+/// Reads a small body to the end so the connection can go back to the pool;
+/// a bigger one is left unread (ureq then closes the connection).
+pub fn drain(resp: &mut ureq::http::Response<ureq::Body>) {
+    let mut sink = [0u8; 4096];
+    let mut reader = resp.body_mut().as_reader().take(MAX_DRAIN);
+    while let Ok(n) = reader.read(&mut sink) {
+        if n == 0 {
+            break;
+        }
+    }
 }
