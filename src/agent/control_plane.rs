@@ -371,3 +371,47 @@ pub fn read_error_code(resp: &mut ureq::http::Response<ureq::Body>) -> Option<St
     error_body::parse_code(&body)
         .filter(|c| c.len() <= 128 && c.bytes().all(|b| b.is_ascii_graphic()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_file_is_reloaded_only_when_changed() {
+        let dir = std::env::temp_dir().join(format!("mcp-tunnel-keystore-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("key");
+        std::fs::write(&path, "sk-old\n").unwrap();
+        let store = KeyStore::new(
+            SecretSource::File(path.clone()),
+            Secret::new("sk-old".into()),
+        );
+        assert!(!store.reload(), "same content: no change");
+        std::fs::write(&path, "sk-new\n").unwrap();
+        assert!(store.reload());
+        assert_eq!(store.current().expose(), "sk-new");
+        std::fs::remove_file(&path).unwrap();
+        assert!(!store.reload(), "an unreadable file keeps the current key");
+        assert_eq!(store.current().expose(), "sk-new");
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        let literal = KeyStore::new(SecretSource::parse("sk-lit"), Secret::new("sk-lit".into()));
+        assert!(!literal.reload());
+    }
+
+    #[test]
+    fn poll_failures_name_the_fix() {
+        let auth = PollFailure::Auth {
+            status: 401,
+            code: Some("invalid_api_key".into()),
+        }
+        .to_string();
+        assert!(
+            auth.contains("401")
+                && auth.contains("invalid_api_key")
+                && auth.contains("CONTROL_PLANE_API_KEY")
+        );
+        let nf = PollFailure::NotFound { code: None }.to_string();
+        assert!(nf.contains("CONTROL_PLANE_TUNNEL_ID"));
+    }
+}

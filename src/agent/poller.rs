@@ -161,6 +161,9 @@ pub async fn enqueue(workers: &Workers, receipt: Instant, commands: Vec<Decoded>
     for d in commands {
         match d {
             Decoded::Command(command) => {
+                for w in &command.warnings {
+                    log::warn!("command {}: {w}", command.request_id);
+                }
                 let deadline = command
                     .response_timeout
                     .map(|t| Deadline::after(receipt, t));

@@ -69,15 +69,6 @@ async fn run_async(
     opts: RunOptions,
     ex: Rc<LocalExecutor<'static>>,
 ) -> i32 {
-    if opts.signals {
-        let s = shutdown.clone();
-        ex.spawn(async move {
-            if let Err(e) = crate::ops::shutdown::watch_signals(s, || {}).await {
-                log::warn!("cannot watch signals: {e}");
-            }
-        })
-        .detach();
-    }
     let readiness = opts.readiness.clone().unwrap_or_default();
     if let Some(addr) = cfg.health_listen {
         match super::health::bind(addr) {
@@ -134,6 +125,20 @@ async fn run_async(
         random::instance_id(),
         server_info,
     ));
+    if opts.signals {
+        let s = shutdown.clone();
+        let cp_hup = cp.clone();
+        ex.spawn(async move {
+            // SIGHUP re-reads a key file (as a 401 does).
+            let on_hup = move || {
+                cp_hup.key.reload();
+            };
+            if let Err(e) = crate::ops::shutdown::watch_signals(s, on_hup).await {
+                log::warn!("cannot watch signals: {e}");
+            }
+        })
+        .detach();
+    }
     let static_headers: Vec<Header> = cfg
         .mcp_extra_headers
         .iter()

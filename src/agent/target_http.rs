@@ -313,7 +313,7 @@ impl HttpTarget {
         if matches!(f.source, S::Dns | S::Connect | S::Tls) {
             self.readiness.set_target_ready(false);
         }
-        log::debug!("MCP exchange failed: {e}");
+        // The error text can carry the MCP URL (and a token in its query): not logged.
         Outcome::Failure(f)
     }
 }
