@@ -258,3 +258,40 @@ fn malformed_poll_body_then_loop_goes_on() {
     assert_eq!(posts.len(), 1);
     assert_eq!(posted(&posts[0]).request_id, "good");
 }
+
+/// A 2 MB answer passes; one over the 32 MiB cap is refused without reading it all.
+#[test]
+fn large_answers_pass_and_oversized_ones_are_refused() {
+    let mcp = spawn_server(|req, stream| {
+        let size = if req.body_str().contains("\"id\":1,") {
+            2 << 20
+        } else {
+            33 << 20
+        };
+        let id = if size == 2 << 20 { 1 } else { 2 };
+        let mut body = format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{{"blob":""#).into_bytes();
+        body.resize(body.len() + size, b'x');
+        body.extend_from_slice(b"\"}}");
+        respond(stream, 200, &[("Content-Type", "application/json")], &body);
+    });
+    let cp = FakeCp::start();
+    cp.push_batch(&[
+        jsonrpc_command("big", &call(1), ""),
+        jsonrpc_command("huge", &call(2), ""),
+    ]);
+    let agent = start_agent(&cp, &format!("http://{mcp}/mcp"), &[]);
+    let posts = cp.wait_posts(2);
+    assert_eq!(agent.stop(), 0);
+    for req in &posts {
+        let p = posted(req);
+        if p.request_id == "big" {
+            assert_eq!(p.resp_code, 200);
+            assert!(p.resp_json.unwrap().len() > 2 << 20);
+        } else {
+            assert_eq!(failure_source(&p), "protocol");
+            assert!(String::from_utf8(p.resp_json.unwrap())
+                .unwrap()
+                .contains("response_body_too_large"));
+        }
+    }
+}

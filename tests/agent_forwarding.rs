@@ -33,7 +33,7 @@ fn json_answer_passes_through_byte_for_byte() {
     cp.push_batch(&[jsonrpc_command(
         "req-1",
         body,
-        r#","headers":{"Host":["evil.example"],"Mcp-Session-Id":["sess-1"],"X-Forwarded-For":["1.2.3.4"],"Authorization":["Bearer user-token"]}"#,
+        r#","headers":{"Host":["evil.example"],"Mcp-Session-Id":["sess-1"],"X-Forwarded-For":["1.2.3.4"],"Authorization":["Bearer user-token"],"Accept-Encoding":["gzip"]}"#,
     )]);
     let agent = start_agent(&cp, &format!("http://{mcp}/mcp"), &[]);
     let posts = cp.wait_posts(1);
@@ -111,6 +111,11 @@ fn json_answer_passes_through_byte_for_byte() {
         "the client's MCP auth passes"
     );
     assert_eq!(m.header("X-Forwarded-For"), None);
+    assert_eq!(
+        m.header("Accept-Encoding"),
+        None,
+        "answers must come back uncompressed"
+    );
     assert!(m.header("X-Tunnel-Shard-Token").is_none());
 }
 

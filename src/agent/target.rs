@@ -31,6 +31,8 @@ pub struct TargetBuffers {
     pub body: Vec<u8>,
     pub read: Vec<u8>,
     pub sse: SseParser,
+    /// The largest SSE event of the current command (the parser keeps its capacity).
+    pub largest_event: usize,
 }
 
 impl TargetBuffers {
@@ -39,6 +41,7 @@ impl TargetBuffers {
             body: Vec::new(),
             read: vec![0; READ_CHUNK],
             sse: SseParser::new(MAX_RESPONSE_BYTES),
+            largest_event: 0,
         }
     }
 
@@ -48,7 +51,12 @@ impl TargetBuffers {
         if self.body.capacity() > KEEP {
             self.body = Vec::new();
         }
-        self.sse.reset();
+        if self.largest_event > KEEP {
+            self.sse = SseParser::new(MAX_RESPONSE_BYTES);
+        } else {
+            self.sse.reset();
+        }
+        self.largest_event = 0;
     }
 }
 

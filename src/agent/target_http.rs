@@ -68,8 +68,11 @@ impl HttpTarget {
         timeout: Duration,
     ) -> ureq::RequestBuilder<B> {
         for h in headers {
-            // ureq sets Host from the URL; a forwarded one would win, so it never passes.
-            if h.name.eq_ignore_ascii_case("host") {
+            // ureq sets Host from the URL; a forwarded one would win, so it never
+            // passes. Accept-Encoding neither: answers pass through byte for byte,
+            // and this client decodes no content coding.
+            if h.name.eq_ignore_ascii_case("host") || h.name.eq_ignore_ascii_case("accept-encoding")
+            {
                 continue;
             }
             let (Ok(name), Ok(value)) = (
@@ -193,8 +196,11 @@ impl HttpTarget {
                 Err(e) => return self.error_outcome(&ureq::Error::from(e), Phase::Body, budget),
             };
             let body = &mut bufs.body;
+            let largest = &mut bufs.largest_event;
             let fed = bufs.sse.feed(&bufs.read[..n], &mut |ev| {
-                if !matches!(state, State::Open) || ev.event == Some("ping") {
+                *largest = (*largest).max(ev.data.len());
+                // MCP messages use the default type; `ping` and anything else is not ours.
+                if !matches!(state, State::Open) || !matches!(ev.event, None | Some("message")) {
                     return;
                 }
                 let info = match inspect(ev.data, &limits) {
