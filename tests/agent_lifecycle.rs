@@ -241,3 +241,63 @@ fn startup_checks_tunnel_metadata() {
     assert_eq!(meta[0].header("Authorization"), Some("Bearer sk-test-key"));
     assert_eq!(meta[0].header("OpenAI-Organization"), Some("org-123"));
 }
+
+/// A batch larger than the limit asked for is processed in full.
+#[test]
+fn every_command_of_a_batch_runs_even_beyond_the_limit() {
+    let cp = FakeCp::start();
+    cp.push_batch(&[
+        jsonrpc_command("x1", &call(1), ""),
+        jsonrpc_command("x2", &call(2), ""),
+        jsonrpc_command("x3", &call(1), ""),
+    ]);
+    let agent = start_agent(
+        &cp,
+        &format!("http://{}/mcp", ok_mcp()),
+        &[
+            "--control-plane.max-inflight",
+            "1",
+            "--mcp.max-concurrent-requests",
+            "1",
+        ],
+    );
+    let posts = cp.wait_posts(3);
+    assert_eq!(agent.stop(), 0);
+    let mut ids: Vec<String> = posts.iter().map(|p| posted(p).request_id).collect();
+    ids.sort();
+    assert_eq!(ids, ["x1", "x2", "x3"]);
+    assert!(cp.with(|s| s.polls[0].query().contains("limit=1")));
+}
+
+/// Work that outlives the drain timeout does not hold the process: the stop
+/// completes, even with commands still waiting for a queue slot.
+#[test]
+fn drain_timeout_bounds_the_stop() {
+    let (tx, rx) = mpsc::channel::<()>();
+    let tx = Mutex::new(tx);
+    let mcp = spawn_server(move |_req, _stream| {
+        let _ = tx.lock().unwrap().send(());
+        std::thread::sleep(Duration::from_secs(20));
+    });
+    let cp = FakeCp::start();
+    cp.push_batch(&[
+        jsonrpc_command("stuck", &call(1), ""),
+        jsonrpc_command("queued", &call(2), ""),
+        jsonrpc_command("waiting", &call(1), ""),
+    ]);
+    let agent = start_agent(
+        &cp,
+        &format!("http://{mcp}/mcp"),
+        &[
+            "--control-plane.max-inflight",
+            "2",
+            "--mcp.max-concurrent-requests",
+            "1",
+            "--shutdown.drain-timeout",
+            "300ms",
+        ],
+    );
+    rx.recv_timeout(WAIT).unwrap();
+    assert_eq!(agent.stop(), 0);
+    assert!(cp.posts().is_empty());
+}

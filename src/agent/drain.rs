@@ -1,13 +1,15 @@
 //! Graceful stop: no new polls; in-flight commands finish and post their
 //! answers, bounded by the drain timeout.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use smol::channel::Receiver;
 use smol::future;
 
 use super::control_plane::PollResult;
-use super::poller::enqueue;
+use super::dispatch::Job;
+use super::poller::accept;
 use super::workers::Workers;
 
 /// Waits until no command is in flight or `timeout` passes. A poll still
@@ -17,6 +19,7 @@ use super::workers::Workers;
 pub async fn drain(
     workers: &Workers,
     mut pending: Option<Receiver<PollResult>>,
+    mut overflow: VecDeque<Job>,
     timeout: Duration,
 ) -> usize {
     enum Ev {
@@ -26,7 +29,8 @@ pub async fn drain(
     }
     let deadline = std::time::Instant::now() + timeout;
     loop {
-        if workers.inflight() == 0 {
+        workers.feed(&mut overflow);
+        if workers.inflight() == 0 && overflow.is_empty() {
             break;
         }
         let poll = async {
@@ -57,7 +61,7 @@ pub async fn drain(
                         "a poll returned {} command(s) during the drain; processing them",
                         commands.len()
                     );
-                    enqueue(workers, receipt, commands).await;
+                    accept(receipt, commands, &mut overflow);
                 }
             }
             Ev::Done => {}
@@ -65,5 +69,5 @@ pub async fn drain(
         }
     }
     workers.close();
-    workers.inflight()
+    workers.inflight() + overflow.len()
 }

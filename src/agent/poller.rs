@@ -1,6 +1,7 @@
 //! The poll loop (async, on the single-threaded executor): ask for as many
 //! commands as there are free slots, hand them to the workers, back off on errors.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,9 +34,11 @@ pub struct Poller<'a> {
 
 pub enum LoopEnd {
     /// Shutdown requested; a poll may still be outstanding (its commands, if
-    /// any arrive during the drain, are still processed).
+    /// any arrive during the drain, are still processed), and commands of the
+    /// last batch may still wait for a queue slot.
     Stopped {
         pending: Option<Receiver<PollResult>>,
+        overflow: VecDeque<Job>,
     },
     /// Polling cannot continue (the tunnel does not exist): the message says why.
     Terminal(String),
@@ -64,15 +67,20 @@ impl Poller<'_> {
 
     pub async fn run(&mut self) -> LoopEnd {
         let mut last_problem: Option<String> = None;
+        // Commands beyond the free slots (a batch may exceed the limit asked
+        // for): at most one batch, fed to the queue as slots free up.
+        let mut overflow: VecDeque<Job> = VecDeque::new();
+        let stopped = |pending, overflow| LoopEnd::Stopped { pending, overflow };
         loop {
             if self.shutdown.is_triggered() {
-                return LoopEnd::Stopped { pending: None };
+                return stopped(None, overflow);
             }
+            self.workers.feed(&mut overflow);
             let free = self.max_inflight.saturating_sub(self.workers.inflight());
-            if free == 0 {
+            if free == 0 || !overflow.is_empty() {
                 // A full queue pauses polling until a command finishes.
                 if let Wake::Stop = self.or_stop(self.workers.completed()).await {
-                    return LoopEnd::Stopped { pending: None };
+                    return stopped(None, overflow);
                 }
                 continue;
             }
@@ -80,14 +88,14 @@ impl Poller<'_> {
             let cp = self.cp.clone();
             let rx = self.lane.run(move || cp.poll(limit));
             let result = match self.or_stop(rx.recv()).await {
-                Wake::Stop => return LoopEnd::Stopped { pending: Some(rx) },
+                Wake::Stop => return stopped(Some(rx), overflow),
                 Wake::Value(Ok(r)) => r,
                 Wake::Value(Err(_)) => return LoopEnd::Terminal("the poll thread stopped".into()),
             };
             let delay = match result {
                 PollResult::Batch { receipt, commands } => {
                     self.recovered(&mut last_problem);
-                    enqueue(self.workers, receipt, commands).await;
+                    accept(receipt, commands, &mut overflow);
                     continue;
                 }
                 PollResult::Idle => {
@@ -100,7 +108,7 @@ impl Poller<'_> {
                 PollResult::Failed(f) => self.failed(f, &mut last_problem),
             };
             if let Wake::Stop = self.sleep(delay).await {
-                return LoopEnd::Stopped { pending: None };
+                return stopped(None, overflow);
             }
         }
     }
@@ -155,9 +163,9 @@ impl Poller<'_> {
     }
 }
 
-/// Hands every decoded command to the workers (all of them, even beyond the
-/// limit asked for); skipped entries are logged with their request id.
-pub async fn enqueue(workers: &Workers, receipt: Instant, commands: Vec<Decoded>) {
+/// Turns a batch into jobs (all of them, even beyond the limit asked for);
+/// skipped entries are logged with their request id.
+pub fn accept(receipt: Instant, commands: Vec<Decoded>, out: &mut VecDeque<Job>) {
     for d in commands {
         match d {
             Decoded::Command(command) => {
@@ -167,7 +175,7 @@ pub async fn enqueue(workers: &Workers, receipt: Instant, commands: Vec<Decoded>
                 let deadline = command
                     .response_timeout
                     .map(|t| Deadline::after(receipt, t));
-                workers.submit(Job { command, deadline }).await;
+                out.push_back(Job { command, deadline });
             }
             Decoded::Skipped { request_id, reason } => {
                 log::warn!(

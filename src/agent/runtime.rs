@@ -284,13 +284,13 @@ async fn run_async(
             workers.close();
             EXIT_FAILURE
         }
-        LoopEnd::Stopped { pending } => {
-            let n = workers.inflight();
+        LoopEnd::Stopped { pending, overflow } => {
+            let n = workers.inflight() + overflow.len();
             log::info!(
                 "stopping: draining {n} in-flight command(s) (up to {:?})",
                 cfg.drain_timeout
             );
-            let left = super::drain::drain(&workers, pending, cfg.drain_timeout).await;
+            let left = super::drain::drain(&workers, pending, overflow, cfg.drain_timeout).await;
             if left > 0 {
                 log::warn!("drain timeout: {left} command(s) abandoned");
             } else {

@@ -2,6 +2,7 @@
 //! at most `max-inflight` commands. Blocking MCP calls and response posts happen
 //! here, never on the async loop.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -62,12 +63,16 @@ impl Workers {
         self.inflight.load(Ordering::Acquire)
     }
 
-    /// Queues a command; waits (without blocking the loop) while the queue is full.
-    pub async fn submit(&self, job: Job) {
-        self.inflight.fetch_add(1, Ordering::AcqRel);
-        if self.tx.send(job).await.is_err() {
-            // Closed only after the drain; nothing can be queued then.
-            self.inflight.fetch_sub(1, Ordering::AcqRel);
+    /// Moves commands from `overflow` into the queue while there is room.
+    pub fn feed(&self, overflow: &mut VecDeque<Job>) {
+        while let Some(job) = overflow.pop_front() {
+            self.inflight.fetch_add(1, Ordering::AcqRel);
+            if let Err(e) = self.tx.try_send(job) {
+                // Full (or closed after the drain): keep it for later.
+                self.inflight.fetch_sub(1, Ordering::AcqRel);
+                overflow.push_front(e.into_inner());
+                break;
+            }
         }
     }
 
