@@ -18,6 +18,7 @@ pub mod random;
 pub mod readiness;
 pub mod runtime;
 pub mod secret;
+pub mod startup;
 pub mod target;
 pub mod target_http;
 pub mod workers;

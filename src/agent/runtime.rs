@@ -3,9 +3,8 @@
 
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use smol::future;
 use smol::LocalExecutor;
 
 use super::client::{agents, ClientOptions};
@@ -16,6 +15,7 @@ use super::lane::Lane;
 use super::poller::{LoopEnd, Poller};
 use super::random;
 use super::readiness::Readiness;
+use super::startup::{self, Startup};
 use super::target::Target;
 use super::target_http::HttpTarget;
 use super::workers::Workers;
@@ -28,9 +28,6 @@ use crate::proto::server_info::{self, ChannelDecl};
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILURE: i32 = 1;
 
-const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-const PROBE_INTERVAL: Duration = Duration::from_millis(500);
-const READINESS_PROBE_INTERVAL: Duration = Duration::from_secs(10);
 /// The reference client's poll backoff.
 const POLL_BACKOFF_MIN: Duration = Duration::from_millis(200);
 const POLL_BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -177,84 +174,27 @@ async fn run_async(
         }
     };
 
-    // Startup: the tunnel must exist and accept our key.
-    let cp2 = cp.clone();
-    let meta = lane.run(move || cp2.metadata());
-    match race_stop(&shutdown, meta.recv()).await {
-        None => return EXIT_OK,
-        Some(Ok(Ok(()))) => {}
-        Some(Ok(Err(e))) => {
-            log::error!("startup check failed: {e}");
-            return EXIT_FAILURE;
-        }
-        Some(Err(_)) => {
-            log::error!("startup check could not run");
-            return EXIT_FAILURE;
-        }
+    match startup::check_tunnel(&cp, &lane, &shutdown).await {
+        Startup::Continue => {}
+        Startup::Stopped => return EXIT_OK,
+        Startup::Failed => return EXIT_FAILURE,
     }
-
-    // Optionally wait for the MCP server.
     if !cfg.startup_wait_timeout.is_zero() {
-        let until = Instant::now() + cfg.startup_wait_timeout;
-        loop {
-            let target = http_target.clone();
-            let timeout = until
-                .saturating_duration_since(Instant::now())
-                .clamp(Duration::from_millis(100), PROBE_TIMEOUT);
-            let rx = lane.run(move || target.probe(timeout));
-            match race_stop(&shutdown, rx.recv()).await {
-                None => return EXIT_OK,
-                Some(Ok(Ok(status))) => {
-                    log::info!("MCP server answered the startup probe (HTTP {status})");
-                    break;
-                }
-                Some(Ok(Err(why))) => {
-                    if Instant::now() >= until {
-                        log::error!(
-                            "MCP server not ready within --mcp.startup-wait-timeout (MCP_STARTUP_WAIT_TIMEOUT): {why}"
-                        );
-                        return EXIT_FAILURE;
-                    }
-                }
-                Some(Err(_)) => return EXIT_FAILURE,
-            }
-            let nap = PROBE_INTERVAL.min(until.saturating_duration_since(Instant::now()));
-            if race_stop(&shutdown, async_io::Timer::after(nap))
-                .await
-                .is_none()
-            {
-                return EXIT_OK;
-            }
+        match startup::wait_for_target(&http_target, &lane, cfg.startup_wait_timeout, &shutdown)
+            .await
+        {
+            Startup::Continue => {}
+            Startup::Stopped => return EXIT_OK,
+            Startup::Failed => return EXIT_FAILURE,
         }
     }
-    // With a health listener, readiness keeps being probed while the target is not ready.
-    let probe_lane = if cfg.health_listen.is_some() {
-        Lane::start("mcp-probe").ok()
-    } else {
-        None
-    };
-    if let Some(probe_lane) = probe_lane {
-        let target = http_target.clone();
-        let readiness = readiness.clone();
-        let stop = shutdown.clone();
-        ex.spawn(async move {
-            loop {
-                if !readiness.target_ready() {
-                    let target = target.clone();
-                    let rx = probe_lane.run(move || target.probe(PROBE_TIMEOUT));
-                    if race_stop(&stop, rx.recv()).await.is_none() {
-                        return;
-                    }
-                }
-                if race_stop(&stop, async_io::Timer::after(READINESS_PROBE_INTERVAL))
-                    .await
-                    .is_none()
-                {
-                    return;
-                }
-            }
-        })
-        .detach();
+    if cfg.health_listen.is_some() {
+        startup::spawn_readiness_probe(
+            &ex,
+            http_target.clone(),
+            readiness.clone(),
+            shutdown.clone(),
+        );
     }
 
     let ctx = Arc::new(WorkerCtx {
@@ -299,13 +239,4 @@ async fn run_async(
             EXIT_OK
         }
     }
-}
-
-/// `Some(value)` unless shutdown fires first.
-async fn race_stop<T>(shutdown: &Shutdown, f: impl std::future::Future<Output = T>) -> Option<T> {
-    future::or(async { Some(f.await) }, async {
-        shutdown.wait().await;
-        None
-    })
-    .await
 }
