@@ -18,6 +18,11 @@ fn tls_config() -> TlsConfig {
             loaded.certs.len()
         );
     }
+    if loaded.certs.is_empty() {
+        log::warn!(
+            "the system trust store is empty: https:// connections will fail certificate checks"
+        );
+    }
     let certs: Vec<Certificate<'static>> = loaded
         .certs
         .iter()
