@@ -1,3 +1,10 @@
 //! The relay: the control plane agents poll and the MCP endpoint AI clients call.
 
+pub mod audit;
+pub mod auth;
 pub mod cli;
+pub mod keys;
+pub mod metrics;
+pub mod queue;
+pub mod state;
+pub mod timestamp;
