@@ -1,2 +1,10 @@
 //! The sans-IO protocol core: plain types and functions over bytes and time.
 //! Nothing here opens a socket, reads a clock implicitly or spawns a task.
+//! Each module implements one rule of the wire contract (protocol.md).
+
+pub mod channel;
+pub mod json;
+pub mod timeout;
+
+#[cfg(test)]
+pub(crate) mod testutil;
