@@ -6,5 +6,6 @@ pub mod cli;
 pub mod keys;
 pub mod metrics;
 pub mod queue;
+pub mod server;
 pub mod state;
 pub mod timestamp;

@@ -285,6 +285,10 @@ impl StateDir {
         StateDir { dir: dir.into() }
     }
 
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn file(&self) -> PathBuf {
         self.dir.join(STATE_FILE)
     }
