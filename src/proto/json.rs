@@ -54,6 +54,8 @@ pub enum JsonError {
     LoneSurrogate { offset: usize },
     /// The same key twice in an object we interpret (the key, possibly truncated).
     DuplicateKey(String),
+    /// More members or elements than the caller allows.
+    TooManyItems { max: usize },
     /// A top-level object was required.
     NotAnObject,
     /// A top-level array was required.
@@ -80,6 +82,7 @@ impl fmt::Display for JsonError {
                 write!(f, "unpaired UTF-16 surrogate escape at byte {offset}")
             }
             JsonError::DuplicateKey(k) => write!(f, "duplicate key {k:?}"),
+            JsonError::TooManyItems { max } => write!(f, "more than {max} items"),
             JsonError::NotAnObject => f.write_str("expected a JSON object"),
             JsonError::NotAnArray => f.write_str("expected a JSON array"),
             JsonError::NotAString => f.write_str("expected a JSON string"),
@@ -118,12 +121,12 @@ pub fn object_members(
     bytes: &[u8],
     limits: &Limits,
 ) -> Result<Vec<(String, Range<usize>)>, JsonError> {
-    members(bytes, limits, Mode::STRICT)
+    members(bytes, limits, Mode::STRICT, usize::MAX)
 }
 
 /// Elements of the top-level array, as raw byte ranges.
 pub fn array_elements(bytes: &[u8], limits: &Limits) -> Result<Vec<Range<usize>>, JsonError> {
-    elements(bytes, limits, true)
+    elements(bytes, limits, true, usize::MAX)
 }
 
 /// How strictly the structural helpers check. Lenient scanning exists so one
@@ -150,6 +153,7 @@ pub(crate) fn members(
     bytes: &[u8],
     limits: &Limits,
     mode: Mode,
+    max_items: usize,
 ) -> Result<Vec<(String, Range<usize>)>, JsonError> {
     if bytes.len() > limits.max_len {
         return Err(JsonError::TooLarge);
@@ -187,6 +191,9 @@ pub(crate) fn members(
         expect_byte(bytes, i, b':', "':'")?;
         let vstart = skip_ws(bytes, i + 1);
         let vend = scan_value(bytes, vstart, inner_depth, mode.utf8)?;
+        if out.len() >= max_items {
+            return Err(JsonError::TooManyItems { max: max_items });
+        }
         if mode.unique_keys && !seen.insert(key.clone()) {
             return Err(JsonError::DuplicateKey(truncate_key(key)));
         }
@@ -210,6 +217,7 @@ pub(crate) fn elements(
     bytes: &[u8],
     limits: &Limits,
     utf8: bool,
+    max_items: usize,
 ) -> Result<Vec<Range<usize>>, JsonError> {
     if bytes.len() > limits.max_len {
         return Err(JsonError::TooLarge);
@@ -231,6 +239,9 @@ pub(crate) fn elements(
     }
     loop {
         let vend = scan_value(bytes, i, inner_depth, utf8)?;
+        if out.len() >= max_items {
+            return Err(JsonError::TooManyItems { max: max_items });
+        }
         out.push(i..vend);
         i = skip_ws(bytes, vend);
         match bytes.get(i) {
@@ -925,7 +936,15 @@ mod tests {
     fn lenient_members_survive_bad_utf8_and_duplicates() {
         let doc = b"{\"request_id\":\"r1\",\"x\":\"\xff\",\"x\":1}";
         assert!(object_members(doc, &lim()).is_err());
-        let m = members(doc, &lim(), Mode::LENIENT).unwrap();
+        let m = members(doc, &lim(), Mode::LENIENT, 3).unwrap();
+        assert_eq!(
+            members(doc, &lim(), Mode::LENIENT, 2),
+            Err(JsonError::TooManyItems { max: 2 })
+        );
+        assert_eq!(
+            elements(b"[1,2,3]", &lim(), true, 2),
+            Err(JsonError::TooManyItems { max: 2 })
+        );
         assert_eq!(m.len(), 3);
         assert_eq!(&doc[m[0].1.clone()], b"\"r1\"");
     }

@@ -3,7 +3,12 @@
 //! Each module implements one rule of the wire contract (protocol.md).
 
 pub mod channel;
+pub mod command;
+pub mod failure;
+pub mod headers;
 pub mod json;
+pub mod jsonrpc;
+pub mod response;
 pub mod timeout;
 
 #[cfg(test)]
