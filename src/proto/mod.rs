@@ -9,6 +9,7 @@ pub mod headers;
 pub mod json;
 pub mod jsonrpc;
 pub mod response;
+pub mod sse;
 pub mod timeout;
 
 #[cfg(test)]
