@@ -9,3 +9,6 @@ pub mod queue;
 pub mod server;
 pub mod state;
 pub mod timestamp;
+pub mod connector;
+pub mod control_plane;
+pub mod hub;
