@@ -1,1 +1,3 @@
 //! Shared network plumbing with no protocol knowledge.
+
+pub mod http_server;
