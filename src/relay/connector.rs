@@ -39,7 +39,7 @@ use crate::net::http_server::{Body, Request, Response};
 use crate::proto::channel::Channel;
 use crate::proto::failure::{write_error, TunnelFailure};
 use crate::proto::headers::command_headers_from_client;
-use crate::proto::json::{JsonError, Limits};
+use crate::proto::json::{validate, JsonError, Limits};
 use crate::proto::jsonrpc::{self, MessageKind};
 use crate::proto::sse::write_event;
 
@@ -158,7 +158,8 @@ pub async fn handle(
 ) -> Response {
     let method = req.method.as_str();
     if method != "POST" && method != "DELETE" {
-        hub.metrics.count(Endpoint::Connector, 405, "method_not_allowed");
+        hub.metrics
+            .count(Endpoint::Connector, 405, "method_not_allowed");
         return method_not_allowed();
     }
     let channel_name = channel.as_deref().unwrap_or("main");
@@ -188,10 +189,17 @@ pub async fn handle(
         }
         Payload::SessionTermination
     } else {
+        if let Err(e) = validate(&req.body, &limits) {
+            return ex.fail(400, "invalid_json", &format!("request body: {e}"));
+        }
         let info = match jsonrpc::inspect(&req.body, &limits) {
             Ok(i) => i,
             Err(e @ (JsonError::NotJsonRpc(_) | JsonError::NotAnObject)) => {
-                return ex.fail(400, "invalid_jsonrpc", &format!("not one JSON-RPC message: {e}"))
+                return ex.fail(
+                    400,
+                    "invalid_jsonrpc",
+                    &format!("not one JSON-RPC message: {e}"),
+                )
             }
             Err(e) => return ex.fail(400, "invalid_json", &format!("request body: {e}")),
         };
@@ -421,7 +429,10 @@ mod tests {
 
     #[test]
     fn accept_parsing() {
-        assert!(accepts_sse(&req(&[("accept", "application/json, text/event-stream")])));
+        assert!(accepts_sse(&req(&[(
+            "accept",
+            "application/json, text/event-stream"
+        )])));
         assert!(accepts_sse(&req(&[("accept", "TEXT/EVENT-STREAM;q=0.5")])));
         assert!(!accepts_sse(&req(&[("accept", "application/json")])));
         assert!(!accepts_sse(&req(&[])));
@@ -455,9 +466,17 @@ mod tests {
         };
         let r = final_response(post);
         assert_eq!(r.status, 401);
-        assert!(r.headers.contains(&("Content-Type".into(), "application/json".into())));
+        assert!(r
+            .headers
+            .contains(&("Content-Type".into(), "application/json".into())));
         assert!(r.headers.iter().any(|(n, _)| n == "WWW-Authenticate"));
-        assert_eq!(r.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("content-type")).count(), 1);
+        assert_eq!(
+            r.headers
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+                .count(),
+            1
+        );
         let ack = final_response(Post {
             kind: PostKind::NotifyAck,
             code: 202,

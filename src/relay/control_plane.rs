@@ -15,8 +15,8 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use async_io::Timer;
-use smol::future;
 use miniserde::{json, Serialize};
+use smol::future;
 
 use super::hub::{bearer_of, header, Hub};
 use super::metrics::{Endpoint, Metrics};
@@ -113,7 +113,8 @@ pub fn parse_poll_query(
                 }
             },
             "channel" => {
-                let c = Channel::parse(v).map_err(|e| ("invalid_channel", format!("channel: {e}")))?;
+                let c =
+                    Channel::parse(v).map_err(|e| ("invalid_channel", format!("channel: {e}")))?;
                 if q.channels.len() >= MAX_POLL_CHANNELS {
                     return Err(("invalid_channel", "too many channels".into()));
                 }
@@ -238,7 +239,13 @@ fn post_kind(t: RespType) -> PostKind {
 }
 
 fn post_error(hub: &Hub, e: &PostError) -> Response {
-    error(hub, Endpoint::Response, e.status(), e.code(), &e.to_string())
+    error(
+        hub,
+        Endpoint::Response,
+        e.status(),
+        e.code(),
+        &e.to_string(),
+    )
 }
 
 /// `POST /v1/tunnels/{id}/response`.
@@ -265,7 +272,13 @@ pub async fn respond(hub: Rc<Hub>, req: Request, tunnel_id: String) -> Response 
         Err(e) => return error(&hub, ep, 400, e.code(), &e.to_string()),
     };
     if !(200..=599).contains(&decoded.resp_code) {
-        return error(&hub, ep, 400, "invalid_resp_code", "resp_code must be 200..599");
+        return error(
+            &hub,
+            ep,
+            400,
+            "invalid_resp_code",
+            "resp_code must be 200..599",
+        );
     }
     if let Some(c) = &decoded.channel {
         if let Err(e) = Channel::parse(c) {
@@ -275,7 +288,13 @@ pub async fn respond(hub: Rc<Hub>, req: Request, tunnel_id: String) -> Response 
     let kind = post_kind(decoded.resp_type);
     let body = decoded.resp_json.clone().and_then(|r| req.body.get(r));
     if kind == PostKind::Notify && body.is_none() {
-        return error(&hub, ep, 400, "missing_resp_json", "jsonrpc_notify needs resp_json");
+        return error(
+            &hub,
+            ep,
+            400,
+            "missing_resp_json",
+            "jsonrpc_notify needs resp_json",
+        );
     }
     let check_id = |expected: &[u8]| match body {
         None => true,
@@ -331,7 +350,11 @@ mod tests {
         assert_eq!((q.limit, q.timeout, q.channels.len()), (1, MAX, 0));
         let q = parse_poll_query(Some("limit=100&timeout_ms=90000&x=1"), MAX).unwrap();
         assert_eq!((q.limit, q.timeout), (25, MAX));
-        let q = parse_poll_query(Some("limit=3&timeout_ms=250&channel=main&channel=docs&channel=main"), MAX).unwrap();
+        let q = parse_poll_query(
+            Some("limit=3&timeout_ms=250&channel=main&channel=docs&channel=main"),
+            MAX,
+        )
+        .unwrap();
         assert_eq!(q.limit, 3);
         assert_eq!(q.timeout, Duration::from_millis(250));
         assert_eq!(q.channels, ["main", "docs"]);
@@ -349,7 +372,11 @@ mod tests {
             ("channel=", "invalid_channel"),
             ("channel=a%20b", "invalid_channel"),
         ] {
-            assert_eq!(parse_poll_query(Some(query), MAX).unwrap_err().0, code, "{query}");
+            assert_eq!(
+                parse_poll_query(Some(query), MAX).unwrap_err().0,
+                code,
+                "{query}"
+            );
         }
         let many: Vec<String> = (0..33).map(|i| format!("channel=c{i}")).collect();
         assert!(parse_poll_query(Some(&many.join("&")), MAX).is_err());

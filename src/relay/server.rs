@@ -40,8 +40,10 @@ impl Router {
 }
 
 fn not_allowed(hub: &Hub, allow: &'static str) -> Response {
-    hub.metrics.count(Endpoint::Other, 405, "method_not_allowed");
-    Response::error(405, "method_not_allowed", "method not allowed here").with_header("Allow", allow)
+    hub.metrics
+        .count(Endpoint::Other, 405, "method_not_allowed");
+    Response::error(405, "method_not_allowed", "method not allowed here")
+        .with_header("Allow", allow)
 }
 
 impl Handler for Router {
@@ -220,7 +222,9 @@ async fn serve(
     shutdown: Shutdown,
 ) -> Result<(), StartError> {
     match (&cfg.tls_cert, &cfg.tls_key) {
-        (Some(cert), Some(key)) => serve_tls(cert, key, listener, handler, limits, ex, shutdown).await,
+        (Some(cert), Some(key)) => {
+            serve_tls(cert, key, listener, handler, limits, ex, shutdown).await
+        }
         _ => {
             http_server::serve_tcp(listener, handler, limits, ex, shutdown).await;
             Ok(())
@@ -243,7 +247,9 @@ async fn serve_tls(
     shutdown: Shutdown,
 ) -> Result<(), StartError> {
     let _ = (cert, key, listener, handler, limits, ex, shutdown);
-    Err(StartError("TLS serving is not wired in this build yet".into()))
+    Err(StartError(
+        "TLS serving is not wired in this build yet".into(),
+    ))
 }
 
 fn reload(hub: &Hub, watcher: &mut Watcher, forced: bool) {
