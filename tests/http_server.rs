@@ -26,10 +26,15 @@ struct Server {
 }
 
 impl Server {
-    /// Stops accepting and waits for the drain to finish.
+    /// Stops accepting and waits (bounded) for the drain to finish.
     fn stop(mut self) {
         self.shutdown.trigger();
         if let Some(t) = self.thread.take() {
+            let limit = std::time::Instant::now() + 2 * BOUND;
+            while !t.is_finished() && std::time::Instant::now() < limit {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert!(t.is_finished(), "serve_tcp did not return after shutdown");
             t.join().expect("server thread panicked");
         }
     }
@@ -391,6 +396,137 @@ fn response_helpers_build_the_documented_bodies() {
     server.stop();
 }
 
+#[test]
+fn large_bodies_cross_buffer_boundaries_both_ways() {
+    let server = start(Limits::default(), || {
+        Rc::new(|req: Request| async move {
+            match req.uri.path() {
+                // One stream item far larger than the output buffer.
+                "/stream" => Response::stream(200, smol::stream::once(req.body)),
+                _ => Response::json(200, req.body),
+            }
+        })
+    });
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let mut c = Client::connect(server.addr);
+    for path in ["/bytes", "/stream"] {
+        c.send(
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        c.send(&body);
+        let r = c.response();
+        assert_eq!(r.status, 200);
+        assert!(r.body == body, "{path}: body differs");
+    }
+    server.stop();
+}
+
+#[test]
+fn a_head_dripping_in_byte_by_byte_is_parsed() {
+    let server = start(Limits::default(), echo);
+    let mut c = Client::connect(server.addr);
+    c.r.get_mut().set_nodelay(true).expect("nodelay");
+    for b in b"GET /drip HTTP/1.1\r\nHost: t\r\nX-A: b\r\n\r\n" {
+        c.send(&[*b]);
+    }
+    assert_eq!(c.response().header("x-path"), Some("/drip"));
+    server.stop();
+}
+
+#[test]
+fn practically_infinite_limits_do_not_overflow() {
+    let limits = Limits {
+        head_timeout: Duration::MAX,
+        body_timeout: Duration::MAX,
+        idle_timeout: Duration::MAX,
+        write_timeout: Duration::MAX,
+        max_body_bytes: usize::MAX,
+        ..Limits::default()
+    };
+    let server = start(limits, echo);
+    let mut c = Client::connect(server.addr);
+    c.send(
+        b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    );
+    assert_eq!(c.response().body, b"abc");
+    server.stop();
+}
+
+#[test]
+fn debug_output_hides_header_values() {
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        "authorization",
+        http::HeaderValue::from_static("Bearer s3cr3t"),
+    );
+    let req = Request {
+        method: http::Method::GET,
+        uri: http::Uri::from_static("/x"),
+        headers,
+        body: b"payload".to_vec(),
+        peer: None,
+        client_cert: None,
+    };
+    let shown = format!("{req:?}");
+    assert!(shown.contains("authorization"), "{shown}");
+    assert!(
+        !shown.contains("s3cr3t") && !shown.contains("payload"),
+        "{shown}"
+    );
+    let resp = Response::empty(200).with_header("x-token", "s3cr3t");
+    assert!(!format!("{resp:?}").contains("s3cr3t"));
+}
+
+#[test]
+fn http10_without_keep_alive_is_closed_after_the_response() {
+    let server = start(Limits::default(), echo);
+    let mut c = Client::connect(server.addr);
+    c.send(b"GET /old HTTP/1.0\r\n\r\n");
+    assert_eq!(c.response().header("x-path"), Some("/old"));
+    assert!(c.closed());
+
+    let mut c = Client::connect(server.addr);
+    for _ in 0..2 {
+        c.send(b"GET /old HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        assert_eq!(c.response().status, 200);
+    }
+    server.stop();
+}
+
+#[test]
+fn framing_headers_from_handlers_are_replaced_and_bad_responses_become_500() {
+    let server = start(Limits::default(), || {
+        Rc::new(|req: Request| async move {
+            match req.uri.path() {
+                "/lying-length" => Response::json(200, b"four".to_vec())
+                    .with_header("content-length", "100")
+                    .with_header("transfer-encoding", "chunked"),
+                "/informational" => Response::empty(101),
+                _ => Response::empty(200).with_header("bad header", "x"),
+            }
+        })
+    });
+    let mut c = Client::connect(server.addr);
+    c.send(&get("/lying-length"));
+    let r = c.response();
+    assert_eq!(
+        (r.header("content-length"), r.body.as_slice()),
+        (Some("4"), &b"four"[..])
+    );
+    assert_eq!(r.header("transfer-encoding"), None);
+    c.send(&get("/informational"));
+    let r = c.response();
+    assert_eq!((r.status, r.error_code().as_str()), (500, "internal_error"));
+    let mut c = Client::connect(server.addr);
+    c.send(&get("/bad-header"));
+    assert_eq!(c.response().status, 500);
+    server.stop();
+}
+
 // ------------------------------------------------------------------------------ limits
 
 #[test]
@@ -612,13 +748,7 @@ fn stream_chunks_arrive_while_the_stream_is_open() {
     let server = start(Limits::default(), move || {
         Rc::new(move |_req: Request| {
             let rx = chunks_rx.clone();
-            async move {
-                Response {
-                    status: 200,
-                    headers: vec![("content-type".into(), "text/event-stream".into())],
-                    body: Body::Stream(Box::pin(rx)),
-                }
-            }
+            async move { Response::stream(200, rx).with_header("content-type", "text/event-stream") }
         })
     });
     let mut c = Client::connect(server.addr);
@@ -788,4 +918,277 @@ fn unix_socket_serves_requests() {
     shutdown.trigger();
     thread.join().expect("server thread");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ------------------------------------------------------------------------------ TLS
+
+#[cfg(feature = "relay")]
+mod tls {
+    use super::*;
+    use mcp_tunnel::net::tls_listener::{serve_tls, server_config, ClientAuth};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+    use std::sync::{Arc, OnceLock};
+
+    fn openssl(dir: &Path, args: &[&str]) {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("the openssl CLI is needed for the TLS tests (apt-get install -y openssl)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn new_ca(dir: &Path, name: &str) {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.pem"),
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN={name}"),
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        );
+    }
+
+    fn new_leaf(dir: &Path, name: &str, ca: &str, ext: &str) {
+        std::fs::write(dir.join(format!("{name}.ext")), ext).expect("ext file");
+        openssl(
+            dir,
+            &[
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                &format!("{ca}.pem"),
+                "-CAkey",
+                &format!("{ca}.key"),
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                &format!("{name}.pem"),
+                "-extfile",
+                &format!("{name}.ext"),
+            ],
+        );
+    }
+
+    /// A CA with a server and a client certificate, plus a client from a CA the server does not trust.
+    fn pki() -> &'static Path {
+        static DIR: OnceLock<PathBuf> = OnceLock::new();
+        DIR.get_or_init(|| {
+            let dir = std::env::temp_dir().join(format!("mcp-tunnel-tls-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            new_ca(&dir, "ca");
+            new_ca(&dir, "rogue-ca");
+            let leaf = "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n";
+            new_leaf(
+                &dir,
+                "server",
+                "ca",
+                &format!("{leaf}extendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n"),
+            );
+            new_leaf(&dir, "client", "ca", &format!("{leaf}extendedKeyUsage=clientAuth\n"));
+            new_leaf(&dir, "rogue", "rogue-ca", &format!("{leaf}extendedKeyUsage=clientAuth\n"));
+            dir
+        })
+    }
+
+    fn start_tls(client_auth: ClientAuth) -> Server {
+        let dir = pki();
+        let config = server_config(
+            &dir.join("server.pem"),
+            &dir.join("server.key"),
+            &client_auth,
+        )
+        .expect("server config");
+        let shutdown = Shutdown::new();
+        let (tx, rx) = mpsc::channel();
+        let server_shutdown = shutdown.clone();
+        let thread = std::thread::spawn(move || {
+            let ex = Rc::new(LocalExecutor::new());
+            let listener = Async::<TcpListener>::bind(([127, 0, 0, 1], 0)).expect("bind");
+            tx.send(listener.get_ref().local_addr().expect("addr"))
+                .expect("send addr");
+            // Answers with the DER of the client certificate it saw (empty: none).
+            let handler: Rc<dyn Handler> = Rc::new(|req: Request| async move {
+                Response::json(200, req.client_cert.unwrap_or_default())
+            });
+            smol::block_on(ex.run(serve_tls(
+                listener,
+                config,
+                handler,
+                Limits::default(),
+                ex.clone(),
+                server_shutdown,
+            )));
+        });
+        let addr = rx.recv_timeout(BOUND).expect("server did not start");
+        Server {
+            addr,
+            shutdown,
+            thread: Some(thread),
+        }
+    }
+
+    /// One GET over TLS; `Ok(body)` only for a 200 answer.
+    fn tls_get(addr: SocketAddr, client: Option<&str>) -> Result<Vec<u8>, String> {
+        let dir = pki();
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_file(dir.join("ca.pem")).expect("ca"))
+            .expect("root");
+        let builder =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_root_certificates(roots);
+        let config = match client {
+            None => builder.with_no_client_auth(),
+            Some(name) => {
+                let cert = CertificateDer::from_pem_file(dir.join(format!("{name}.pem")))
+                    .expect("client cert");
+                let key = PrivateKeyDer::from_pem_file(dir.join(format!("{name}.key")))
+                    .expect("client key");
+                builder
+                    .with_client_auth_cert(vec![cert], key)
+                    .expect("client auth")
+            }
+        };
+        let name = ServerName::try_from("localhost").expect("name");
+        let conn = ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
+        let tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+        tcp.set_read_timeout(Some(BOUND)).expect("timeout");
+        let mut tls = StreamOwned::new(conn, tcp);
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .map_err(|e| e.to_string())?;
+        let mut answer = Vec::new();
+        tls.read_to_end(&mut answer).map_err(|e| e.to_string())?;
+        let split = answer
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or("no response head")?;
+        if !answer.starts_with(b"HTTP/1.1 200 OK\r\n") {
+            return Err(String::from_utf8_lossy(&answer[..split]).into_owned());
+        }
+        Ok(answer[split + 4..].to_vec())
+    }
+
+    fn der_of(name: &str) -> Vec<u8> {
+        CertificateDer::from_pem_file(pki().join(format!("{name}.pem")))
+            .expect("cert")
+            .to_vec()
+    }
+
+    #[test]
+    fn tls_without_client_auth_serves_requests() {
+        let server = start_tls(ClientAuth::Off);
+        assert_eq!(tls_get(server.addr, None), Ok(Vec::new()));
+        server.stop();
+    }
+
+    #[test]
+    fn required_client_auth_refuses_clients_without_a_trusted_certificate() {
+        let server = start_tls(ClientAuth::Required(pki().join("ca.pem")));
+        assert_eq!(tls_get(server.addr, Some("client")), Ok(der_of("client")));
+        assert!(
+            tls_get(server.addr, None).is_err(),
+            "served without a certificate"
+        );
+        assert!(
+            tls_get(server.addr, Some("rogue")).is_err(),
+            "served an untrusted certificate"
+        );
+        server.stop();
+    }
+
+    #[test]
+    fn optional_client_auth_serves_both_and_reports_the_certificate() {
+        let server = start_tls(ClientAuth::Optional(pki().join("ca.pem")));
+        assert_eq!(tls_get(server.addr, None), Ok(Vec::new()));
+        assert_eq!(tls_get(server.addr, Some("client")), Ok(der_of("client")));
+        assert!(
+            tls_get(server.addr, Some("rogue")).is_err(),
+            "served an untrusted certificate"
+        );
+        server.stop();
+    }
+
+    #[test]
+    fn setup_errors_name_the_file() {
+        let dir = pki();
+        let missing = dir.join("nope.key");
+        let err = server_config(&dir.join("server.pem"), &missing, &ClientAuth::Off)
+            .expect_err("missing key accepted");
+        assert!(err.to_string().contains("nope.key"), "{err}");
+
+        // A file with no key in it (the CA certificate).
+        let err = server_config(
+            &dir.join("server.pem"),
+            &dir.join("ca.pem"),
+            &ClientAuth::Off,
+        )
+        .expect_err("certificate accepted as key");
+        assert!(err.to_string().contains("ca.pem"), "{err}");
+
+        // A key that does not belong to the certificate.
+        let err = server_config(
+            &dir.join("server.pem"),
+            &dir.join("client.key"),
+            &ClientAuth::Off,
+        )
+        .expect_err("mismatched key accepted");
+        assert!(!err.to_string().is_empty());
+
+        let err = server_config(
+            &dir.join("server.pem"),
+            &dir.join("server.key"),
+            &ClientAuth::Required(dir.join("server.key")),
+        )
+        .expect_err("key accepted as CA");
+        assert!(err.to_string().contains("server.key"), "{err}");
+    }
 }

@@ -4,11 +4,14 @@
 
 pub mod channel;
 pub mod command;
+pub mod error_body;
 pub mod failure;
 pub mod headers;
 pub mod json;
 pub mod jsonrpc;
 pub mod response;
+pub mod retry;
+pub mod server_info;
 pub mod sse;
 pub mod timeout;
 

@@ -22,8 +22,8 @@ pub struct SseEvent<'a> {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SseError {
-    /// One event grew past the configured byte limit.
-    EventTooLarge { max: usize },
+    /// One event grew past the configured byte limit (`SseParser::new`).
+    EventTooLarge,
     /// An `event:` or `id:` value is not UTF-8.
     InvalidUtf8,
 }
@@ -31,7 +31,7 @@ pub enum SseError {
 impl fmt::Display for SseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SseError::EventTooLarge { max } => write!(f, "SSE event larger than {max} bytes"),
+            SseError::EventTooLarge => f.write_str("SSE event exceeds the size limit"),
             SseError::InvalidUtf8 => f.write_str("SSE event or id field is not UTF-8"),
         }
     }
@@ -141,9 +141,7 @@ impl SseParser {
             };
             if !self.in_comment {
                 if self.line.len() + chunk.len() + self.data.len() > self.max_event {
-                    return Err(SseError::EventTooLarge {
-                        max: self.max_event,
-                    });
+                    return Err(SseError::EventTooLarge);
                 }
                 self.line.extend_from_slice(chunk);
             }
@@ -408,7 +406,7 @@ mod tests {
         assert_eq!(collect(&mut p, b"data: 0123456789\n", &mut out), Ok(()));
         assert_eq!(
             collect(&mut p, b"data: 0123456789\n\n", &mut out),
-            Err(SseError::EventTooLarge { max: 16 })
+            Err(SseError::EventTooLarge)
         );
         assert!(out.is_empty());
         // A line that never ends cannot grow past the cap either.
@@ -416,7 +414,7 @@ mod tests {
         assert!(collect(&mut p, &[b'x'; 10], &mut out).is_ok());
         assert_eq!(
             collect(&mut p, &[b'x'; 10], &mut out),
-            Err(SseError::EventTooLarge { max: 16 })
+            Err(SseError::EventTooLarge)
         );
         // Comments are skipped without buffering, whatever their length.
         let mut p = SseParser::new(16);

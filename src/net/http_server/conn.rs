@@ -1,484 +1,26 @@
-//! The HTTP/1.1 server driver shared by the relay, the agent's health listener
-//! and the sample server: ureq-proto's sans-IO [`Reply`] state machine driven
-//! over async-io sockets, one task per connection on a `LocalExecutor`.
-//!
-//! All request parsing, body decoding and response framing is ureq-proto's;
-//! this module owns the I/O around it: buffers, deadlines, limits, noticing a
-//! client that went away, and the accept loop with its graceful drain.
+//! One connection: reads requests through ureq-proto's `Reply` states, runs
+//! the handler while watching for the client going away, writes what
+//! ureq-proto frames, and closes with a linger.
 
-use std::cell::Cell;
 use std::fmt;
 use std::future::{poll_fn, Future};
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::pin::{pin, Pin};
-use std::rc::Rc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use async_io::{Async, Timer};
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderName, HeaderValue, Method, StatusCode, Version};
+use async_io::Timer;
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::Method;
 use smol::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use smol::stream::Stream;
-use smol::LocalExecutor;
 use ureq_proto::server::state::{Cleanup, ProvideResponse, RecvBody, RecvRequest, SendBody};
 use ureq_proto::server::{RecvRequestResult, Reply, SendResponseResult};
 
+use super::framing::{body_too_large, canned_reply, end_chunked_body, into_http};
+use super::{Body, Handler, Limits, Request, Response};
 use crate::ops::shutdown::Shutdown;
-
-/// What one connection may cost the server. Every limit has a defined answer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
-    /// Request line + headers; beyond → 431 `header_too_large`, then close.
-    pub max_head_bytes: usize,
-    /// Header lines per request; beyond → 431 `header_too_large`. ureq-proto
-    /// parses at most [`ureq_proto::server::MAX_REQUEST_HEADERS`] (128), so
-    /// larger values act as 128.
-    pub max_headers: usize,
-    /// Decoded request body; beyond → 413 `request_body_too_large`, then close.
-    pub max_body_bytes: usize,
-    /// Time to receive a whole request head once it has started (and, on a new
-    /// connection, from accept) → 408 `request_timeout`, then close.
-    pub head_timeout: Duration,
-    /// Time to receive a whole request body after its head → 408, then close.
-    pub body_timeout: Duration,
-    /// Keep-alive wait for the next request → close silently.
-    pub idle_timeout: Duration,
-    /// Time the client gets to take each piece of a response (one buffer or
-    /// one stream chunk) before the connection is dropped.
-    pub write_timeout: Duration,
-    /// Open connections; beyond: accept, answer 503 `too_many_connections`, close.
-    pub max_connections: usize,
-    /// After shutdown: how long in-flight requests may still run before they
-    /// are dropped.
-    pub drain: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_head_bytes: 16 * 1024,
-            max_headers: 100,
-            max_body_bytes: 4 * 1024 * 1024,
-            head_timeout: Duration::from_secs(10),
-            body_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(60),
-            write_timeout: Duration::from_secs(30),
-            max_connections: 1024,
-            drain: Duration::from_secs(10),
-        }
-    }
-}
-
-/// One request as the handler sees it: head and whole body.
-#[derive(Debug)]
-pub struct Request {
-    pub method: Method,
-    /// Path and query as sent (origin form), or the absolute form if the client used it.
-    pub uri: http::Uri,
-    pub headers: http::HeaderMap,
-    /// The whole decoded body (chunked or content-length), within `max_body_bytes`.
-    pub body: Vec<u8>,
-    /// The TCP peer; `None` on a unix socket.
-    pub peer: Option<SocketAddr>,
-    /// DER of the TLS peer's leaf certificate, when TLS with client auth presented one.
-    pub client_cert: Option<Vec<u8>>,
-}
-
-pub enum Body {
-    Empty,
-    Bytes(Vec<u8>),
-    /// Each chunk is written and flushed as soon as it arrives (SSE). The stream
-    /// ending ends the body. Empty chunks are skipped.
-    Stream(Pin<Box<dyn Stream<Item = Vec<u8>>>>),
-}
-
-impl fmt::Debug for Body {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Body::Empty => f.write_str("Empty"),
-            Body::Bytes(b) => write!(f, "Bytes({} bytes)", b.len()),
-            Body::Stream(_) => f.write_str("Stream"),
-        }
-    }
-}
-
-/// A response from a handler. The server sets `content-length` for
-/// `Empty`/`Bytes` and chunked framing for `Stream`; framing headers the
-/// handler sets for those bodies are replaced (a `content-length` on a stream
-/// body is kept and enforced).
-#[derive(Debug)]
-pub struct Response {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Body,
-}
-
-impl Response {
-    pub fn empty(status: u16) -> Response {
-        Response {
-            status,
-            headers: Vec::new(),
-            body: Body::Empty,
-        }
-    }
-
-    /// `content-type: application/json` with `body` as given (no re-encoding).
-    pub fn json(status: u16, body: Vec<u8>) -> Response {
-        Response {
-            status,
-            headers: vec![("content-type".into(), "application/json".into())],
-            body: Body::Bytes(body),
-        }
-    }
-
-    /// `{"error":{"code":..,"message":..}}`, both strings JSON-escaped.
-    pub fn error(status: u16, code: &str, message: &str) -> Response {
-        let code = miniserde::json::to_string(code);
-        let message = miniserde::json::to_string(message);
-        let body = format!(r#"{{"error":{{"code":{code},"message":{message}}}}}"#);
-        Response::json(status, body.into_bytes())
-    }
-
-    pub fn with_header(mut self, name: &str, value: &str) -> Response {
-        self.headers.push((name.to_owned(), value.to_owned()));
-        self
-    }
-}
-
-/// A handler returns a future; when the client disconnects (EOF/reset on the
-/// socket) while the future is pending, the server DROPS the future — that is
-/// how a long-poll or a connector request learns it was cancelled (handlers use
-/// Drop guards). The same holds for a `Body::Stream` while it is being sent.
-pub trait Handler {
-    fn handle(&self, req: Request) -> Pin<Box<dyn Future<Output = Response>>>;
-}
-
-/// Any `Fn(Request) -> impl Future<Output = Response>` is a handler.
-impl<F, Fut> Handler for F
-where
-    F: Fn(Request) -> Fut,
-    Fut: Future<Output = Response> + 'static,
-{
-    fn handle(&self, req: Request) -> Pin<Box<dyn Future<Output = Response>>> {
-        Box::pin(self(req))
-    }
-}
-
-/// Accept loop over TCP. Each connection is a task on `ex` (run `ex` to make
-/// progress). Keep-alive, 100-continue, chunked request bodies, HEAD and
-/// `Connection: close` as ureq-proto handles them. Stops accepting when
-/// `shutdown` fires; in-flight requests then get up to `limits.drain` to
-/// finish, idle connections close at once. Returns when the drain is over.
-pub async fn serve_tcp(
-    listener: Async<TcpListener>,
-    handler: Rc<dyn Handler>,
-    limits: Limits,
-    ex: Rc<LocalExecutor<'static>>,
-    shutdown: Shutdown,
-) {
-    let conn_shutdown = shutdown.clone();
-    let connect = move |stream: Async<std::net::TcpStream>, peer, admission| {
-        let handler = handler.clone();
-        let shutdown = conn_shutdown.clone();
-        let fut: Pin<Box<dyn Future<Output = ()>>> = Box::pin(async move {
-            // Small writes (SSE events, short answers) must leave at once.
-            if let Err(e) = stream.get_ref().set_nodelay(true) {
-                log::debug!("set_nodelay failed: {e}");
-            }
-            let stream = Socket(stream);
-            match admission {
-                Admission::Serve => {
-                    serve_connection(stream, peer, None, handler, limits, shutdown).await
-                }
-                Admission::Reject => reject_connection(stream, limits).await,
-            }
-        });
-        fut
-    };
-    run_server(TcpAccept(listener), connect, limits, &ex, &shutdown).await;
-}
-
-/// [`serve_tcp`] for a unix socket (the agent's health listener option).
-/// `Request::peer` is `None`. The socket file is the caller's to remove.
-#[cfg(unix)]
-pub async fn serve_unix(
-    listener: Async<std::os::unix::net::UnixListener>,
-    handler: Rc<dyn Handler>,
-    limits: Limits,
-    ex: Rc<LocalExecutor<'static>>,
-    shutdown: Shutdown,
-) {
-    let conn_shutdown = shutdown.clone();
-    let connect = move |stream: Async<std::os::unix::net::UnixStream>, _peer, admission| {
-        let handler = handler.clone();
-        let shutdown = conn_shutdown.clone();
-        let fut: Pin<Box<dyn Future<Output = ()>>> = Box::pin(async move {
-            let stream = Socket(stream);
-            match admission {
-                Admission::Serve => {
-                    serve_connection(stream, None, None, handler, limits, shutdown).await
-                }
-                Admission::Reject => reject_connection(stream, limits).await,
-            }
-        });
-        fut
-    };
-    run_server(UnixAccept(listener), connect, limits, &ex, &shutdown).await;
-}
-
-/// Serves requests on one established connection until it closes. Once
-/// `shutdown` has fired, the connection closes after the request in flight
-/// (which is answered with `connection: close`) or at once when idle.
-///
-/// Closing is lingering: `poll_close` on `stream` should half-close (send FIN)
-/// so the client sees the end while the server still drains its input; a
-/// stream whose `poll_close` only flushes (a bare `async_io::Async`) still
-/// works, the client just sees the end a little later.
-pub async fn serve_connection<S>(
-    stream: S,
-    peer: Option<SocketAddr>,
-    client_cert: Option<Vec<u8>>,
-    handler: Rc<dyn Handler>,
-    limits: Limits,
-    shutdown: Shutdown,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let mut conn = Conn::new(stream, limits, shutdown);
-    let end = conn.serve(peer, client_cert, &*handler).await;
-    match &end {
-        End::Io(e) => log::debug!("connection from {peer:?} ended: {end} ({e})"),
-        _ => log::debug!("connection from {peer:?} ended: {end}"),
-    }
-}
-
-/// Answers 503 `too_many_connections` without reading a request, then closes.
-pub(crate) async fn reject_connection<S>(stream: S, limits: Limits)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let mut conn = Conn::new(stream, limits, Shutdown::new());
-    conn.answer_and_close(
-        503,
-        "too_many_connections",
-        "the server is at its connection limit",
-    )
-    .await;
-}
-
-// ------------------------------------------------------------------------------------ sockets
-
-/// A socket whose write side can be shut down on its own.
-pub(crate) trait ShutdownWrite {
-    fn shutdown_write(&self) -> io::Result<()>;
-}
-
-impl ShutdownWrite for std::net::TcpStream {
-    fn shutdown_write(&self) -> io::Result<()> {
-        self.shutdown(std::net::Shutdown::Write)
-    }
-}
-
-#[cfg(unix)]
-impl ShutdownWrite for std::os::unix::net::UnixStream {
-    fn shutdown_write(&self) -> io::Result<()> {
-        self.shutdown(std::net::Shutdown::Write)
-    }
-}
-
-/// An async-io socket whose `poll_close` half-closes (async-io's own only
-/// flushes), so the lingering close can send FIN and keep reading. TLS wraps
-/// this: its close_notify goes out first, then the FIN.
-pub(crate) struct Socket<T>(pub(crate) Async<T>);
-
-impl<T> AsyncRead for Socket<T>
-where
-    Async<T>: AsyncRead,
-{
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl<T: ShutdownWrite> AsyncWrite for Socket<T>
-where
-    Async<T>: AsyncWrite,
-{
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_close(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> Poll<io::Result<()>> {
-        smol::ready!(Pin::new(&mut self.0).poll_flush(cx))?;
-        Poll::Ready(self.0.get_ref().shutdown_write())
-    }
-}
-
-// ------------------------------------------------------------------------------------ accept loop
-
-/// Whether an accepted connection gets served or only a 503.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Admission {
-    Serve,
-    Reject,
-}
-
-/// Connections being turned away with a 503 at the same time; beyond this
-/// they are dropped without an answer, so a flood cannot grow without bound.
-const MAX_REJECTING: usize = 64;
-
-/// Pause after a failed accept (e.g. out of file descriptors) so the loop
-/// does not spin while the condition lasts.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
-
-/// A listening socket the accept loop can take connections from.
-pub(crate) trait Accept {
-    type Stream: 'static;
-    fn accept(&self) -> impl Future<Output = io::Result<(Self::Stream, Option<SocketAddr>)>>;
-}
-
-pub(crate) struct TcpAccept(pub(crate) Async<TcpListener>);
-
-impl Accept for TcpAccept {
-    type Stream = Async<std::net::TcpStream>;
-    async fn accept(&self) -> io::Result<(Self::Stream, Option<SocketAddr>)> {
-        let (stream, peer) = self.0.accept().await?;
-        Ok((stream, Some(peer)))
-    }
-}
-
-#[cfg(unix)]
-struct UnixAccept(Async<std::os::unix::net::UnixListener>);
-
-#[cfg(unix)]
-impl Accept for UnixAccept {
-    type Stream = Async<std::os::unix::net::UnixStream>;
-    async fn accept(&self) -> io::Result<(Self::Stream, Option<SocketAddr>)> {
-        let (stream, _) = self.0.accept().await?;
-        Ok((stream, None))
-    }
-}
-
-/// Counts a connection task while it lives; the tracker sender lets the drain
-/// wait for the last task without polling.
-struct Slot {
-    count: Rc<Cell<usize>>,
-    _track: smol::channel::Sender<()>,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.count.set(self.count.get().saturating_sub(1));
-    }
-}
-
-/// The accept loop shared by plain TCP, unix sockets and TLS: admission
-/// against `max_connections`, one task per connection, graceful drain.
-pub(crate) async fn run_server<L, C>(
-    listener: L,
-    connect: C,
-    limits: Limits,
-    ex: &LocalExecutor<'static>,
-    shutdown: &Shutdown,
-) where
-    L: Accept,
-    C: Fn(L::Stream, Option<SocketAddr>, Admission) -> Pin<Box<dyn Future<Output = ()>>>,
-{
-    let (track_tx, track_rx) = smol::channel::bounded::<()>(1);
-    let serving = Rc::new(Cell::new(0usize));
-    let rejecting = Rc::new(Cell::new(0usize));
-    // Fired when the drain time is over: every remaining connection task is
-    // dropped, and with it its handler future.
-    let force = Shutdown::new();
-
-    loop {
-        let accepted = smol::future::or(async { Some(listener.accept().await) }, async {
-            shutdown.wait().await;
-            None
-        })
-        .await;
-        let (stream, peer) = match accepted {
-            None => break,
-            Some(Ok(v)) => v,
-            Some(Err(e)) => {
-                log::warn!("accept failed: {e}");
-                Timer::after(ACCEPT_ERROR_PAUSE).await;
-                continue;
-            }
-        };
-        let (admission, count) = if serving.get() < limits.max_connections {
-            (Admission::Serve, &serving)
-        } else if rejecting.get() < MAX_REJECTING {
-            log::warn!(
-                "connection limit ({}) reached: answering 503 to {peer:?}",
-                limits.max_connections
-            );
-            (Admission::Reject, &rejecting)
-        } else {
-            continue;
-        };
-        count.set(count.get() + 1);
-        let slot = Slot {
-            count: count.clone(),
-            _track: track_tx.clone(),
-        };
-        let conn = connect(stream, peer, admission);
-        let force = force.clone();
-        ex.spawn(async move {
-            let _slot = slot;
-            smol::future::or(conn, force.wait()).await;
-        })
-        .detach();
-    }
-
-    drop(listener);
-    drop(track_tx);
-    let open = serving.get();
-    if open > 0 {
-        log::info!("stopped accepting; draining {open} open connection(s)");
-    }
-    // `recv` only fails once every connection task has dropped its tracker.
-    let drained = smol::future::or(
-        async {
-            let _ = track_rx.recv().await;
-            true
-        },
-        async {
-            Timer::after(limits.drain).await;
-            false
-        },
-    )
-    .await;
-    if !drained {
-        log::warn!(
-            "drain time ({:?}) over: dropping {} unfinished connection(s)",
-            limits.drain,
-            serving.get()
-        );
-        force.trigger();
-        let _ = track_rx.recv().await;
-    }
-}
 
 // ------------------------------------------------------------------------------------ connection
 
@@ -499,7 +41,7 @@ const LINGER_BYTES: usize = 256 * 1024;
 
 /// Why a connection ended (for the debug log).
 #[derive(Debug)]
-enum End {
+pub(super) enum End {
     /// Client sent `connection: close`, HTTP/1.0 without keep-alive, or we did.
     Closed,
     /// The client closed or reset the connection.
@@ -541,7 +83,7 @@ enum Input {
     Full,
 }
 
-struct Conn<S> {
+pub(super) struct Conn<S> {
     io: S,
     /// Input: unconsumed bytes are `inbuf[start..end]`; leftovers (pipelined
     /// requests) stay for the next request.
@@ -564,7 +106,7 @@ struct Head {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
-    fn new(io: S, limits: Limits, shutdown: Shutdown) -> Conn<S> {
+    pub(super) fn new(io: S, limits: Limits, shutdown: Shutdown) -> Conn<S> {
         Conn {
             io,
             inbuf: vec![0; limits.max_head_bytes.max(MIN_IN_BUF)],
@@ -577,7 +119,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
-    async fn serve(
+    pub(super) async fn serve(
         &mut self,
         peer: Option<SocketAddr>,
         client_cert: Option<Vec<u8>>,
@@ -642,7 +184,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         } else {
             self.limits.idle_timeout
         };
-        match self.fill(Instant::now() + wait, true).await {
+        match self.fill(deadline_after(wait), true).await {
             Ok(Input::Data) => Ok(()),
             Ok(Input::Eof) => Err(End::ClientGone),
             Ok(Input::Shutdown) => Err(End::Shutdown),
@@ -670,7 +212,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Reads until ureq-proto has a whole request head, within `head_timeout`
     /// and `max_head_bytes`.
     async fn recv_head(&mut self) -> Result<(Head, Reply<RecvRequest>), End> {
-        let deadline = Instant::now() + self.limits.head_timeout;
+        let deadline = deadline_after(self.limits.head_timeout);
         let mut reply = match Reply::new() {
             Ok(r) => r,
             Err(e) => return Err(End::BadResponse(e)),
@@ -814,7 +356,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             // last-chunk of our own instead of waiting for bytes that never come.
             end_chunked_body(&mut reply);
         }
-        let deadline = Instant::now() + self.limits.body_timeout;
+        let deadline = deadline_after(self.limits.body_timeout);
         // Grow the body only as bytes arrive, so a large declared length costs
         // nothing until it is actually sent.
         let limit = match head.content_length {
@@ -1042,7 +584,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     /// Answers an error status outside the normal request flow, then closes.
-    async fn answer_and_close(&mut self, status: u16, code: &str, message: &str) -> End {
+    pub(super) async fn answer_and_close(&mut self, status: u16, code: &str, message: &str) -> End {
         self.answer_response_and_close(Response::error(status, code, message))
             .await
     }
@@ -1067,7 +609,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// unread input would make the kernel send a reset that can destroy our
     /// answer before the client reads it.
     async fn linger_close(&mut self) {
-        let deadline = Instant::now() + LINGER.min(self.limits.head_timeout);
+        let deadline = deadline_after(LINGER.min(self.limits.head_timeout));
         let closed = smol::future::or(async { Some(self.io.close().await) }, async {
             Timer::at(deadline).await;
             None
@@ -1186,103 +728,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 }
 
-fn body_too_large() -> Response {
-    Response::error(
-        413,
-        "request_body_too_large",
-        "the request body is larger than the server accepts",
-    )
-}
-
-/// A Reply in ProvideResponse state for a canned `GET /`; see
-/// [`Conn::answer_response_and_close`].
-fn canned_reply() -> Option<Reply<ProvideResponse>> {
-    let mut reply = Reply::new().ok()?;
-    let (_, request) = reply.try_request(b"GET / HTTP/1.1\r\n\r\n").ok()?;
-    request?;
-    match reply.proceed()? {
-        RecvRequestResult::ProvideResponse(r) => Some(r),
-        _ => None,
-    }
-}
-
-/// Feeds ureq-proto's chunked reader a last-chunk; see [`Conn::recv_body`].
-fn end_chunked_body(reply: &mut Reply<RecvBody>) {
-    const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
-    let mut used = 0;
-    let mut sink = [0u8; 1];
-    while !reply.is_ended() && used < LAST_CHUNK.len() {
-        match reply.read(&LAST_CHUNK[used..], &mut sink) {
-            Ok((0, _)) | Err(_) => return,
-            Ok((i, _)) => used += i,
-        }
-    }
-}
-
-/// Why a handler's response cannot be put on the wire.
-#[derive(Debug)]
-enum Unsendable {
-    Status(u16),
-    Header(String),
-}
-
-impl fmt::Display for Unsendable {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Unsendable::Status(s) => write!(f, "status {s} is not a final status code"),
-            Unsendable::Header(name) => write!(f, "header {name:?} is not a valid header"),
-        }
-    }
-}
-
-/// Turns our response into the head ureq-proto frames plus the body to send.
-fn into_http(response: Response, closing: bool) -> Result<(http::Response<()>, Body), Unsendable> {
-    let status = StatusCode::from_u16(response.status)
-        .ok()
-        .filter(|s| s.as_u16() >= 200)
-        .ok_or(Unsendable::Status(response.status))?;
-    let no_body = status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
-    let mut builder = http::Response::builder()
-        .status(status)
-        .version(Version::HTTP_11);
-    let Some(headers) = builder.headers_mut() else {
-        return Err(Unsendable::Status(response.status));
-    };
-    let body = response.body;
-    let keep_length = matches!(body, Body::Stream(_)) || status == StatusCode::NOT_MODIFIED;
-    for (name, value) in &response.headers {
-        let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) else {
-            return Err(Unsendable::Header(name.clone()));
-        };
-        // The server frames the body; the handler's framing headers would contradict it.
-        if name == TRANSFER_ENCODING || (name == CONTENT_LENGTH && !keep_length) {
-            continue;
-        }
-        headers.append(name, value);
-    }
-    if closing && !headers.contains_key(CONNECTION) {
-        headers.insert(CONNECTION, HeaderValue::from_static("close"));
-    }
-    let body = if no_body {
-        Body::Empty
-    } else {
-        match body {
-            Body::Empty => {
-                headers.insert(CONTENT_LENGTH, HeaderValue::from(0u32));
-                Body::Empty
-            }
-            Body::Bytes(b) => {
-                headers.insert(CONTENT_LENGTH, HeaderValue::from(b.len()));
-                Body::Bytes(b)
-            }
-            Body::Stream(s) => Body::Stream(s),
-        }
-    };
-    builder
-        .body(())
-        .map_err(|_| Unsendable::Status(response.status))
-        .map(|head| (head, body))
+/// `now + d`, saturating: a configured timeout of "practically forever" must
+/// not overflow `Instant`.
+fn deadline_after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+        .unwrap_or(now)
 }
