@@ -1250,3 +1250,100 @@ fn unknown_routes_and_methods() {
     );
     assert_eq!((r.status, r.header("allow")), (405, Some("POST")));
 }
+
+/// A self-signed test certificate for localhost/127.0.0.1 (test-only key).
+const TEST_CERT: &str = "-----BEGIN CERTIFICATE-----
+MIIBrjCCAVSgAwIBAgIUWGauxxWKyAKymaV17mQu73KemSgwCgYIKoZIzj0EAwIw
+FDESMBAGA1UEAwwJbG9jYWxob3N0MCAXDTI2MTEyNzExMzYyNVoYDzIxMjYxMTAz
+MTEzNjI1WjAUMRIwEAYDVQQDDAlsb2NhbGhvc3QwWTATBgcqhkjOPQIBBggqhkjO
+PQMBBwNCAASixpurUAIquW5xUrArBtYqilN1kEWXCT+zL7/gxhlhIDB/MZjQRfFn
+yNt04yKk/5ZAAvsSmDAMNDv+SbRFDoKBo4GBMH8wHQYDVR0OBBYEFOuvt7cfxIEw
+iqVrJAsS+47zq7WpMB8GA1UdIwQYMBaAFOuvt7cfxIEwiqVrJAsS+47zq7WpMBoG
+A1UdEQQTMBGCCWxvY2FsaG9zdIcEfwAAATAMBgNVHRMBAf8EAjAAMBMGA1UdJQQM
+MAoGCCsGAQUFBwMBMAoGCCqGSM49BAMCA0gAMEUCIQDRD6swKkdH2rhOUK2MDO6I
+9otLYrzAvGXrG8ed8oN7KwIgS1uGKva21kG/W6Ala8pBxGEuAmSpidaeSA6lHrOG
+FP4=
+-----END CERTIFICATE-----
+";
+const TEST_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg6Zy06dEWxlvxrMN1
+avd11TH7YbXxGcMw5+U54KA11dWhRANCAASixpurUAIquW5xUrArBtYqilN1kEWX
+CT+zL7/gxhlhIDB/MZjQRfFnyNt04yKk/5ZAAvsSmDAMNDv+SbRFDoKB
+-----END PRIVATE KEY-----
+";
+
+fn tls_request(addr: SocketAddr, request: &str) -> std::io::Result<String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use std::sync::Arc;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(TEST_CERT.as_bytes()).unwrap())
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+    let sock = TcpStream::connect(addr)?;
+    sock.set_read_timeout(Some(WAIT))?;
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    tls.write_all(request.as_bytes())?;
+    let mut out = Vec::new();
+    match tls.read_to_end(&mut out) {
+        Ok(_) => {}
+        // Servers may close without close_notify; what arrived is the answer.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !out.is_empty() => {}
+        Err(e) => return Err(e),
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[test]
+fn tls_listener_serves_https() {
+    let dir = tmpdir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, TEST_CERT).unwrap();
+    std::fs::write(&key, TEST_KEY).unwrap();
+    let (c2, k2) = (cert.clone(), key.clone());
+    let relay = Relay::start_with(move |c| {
+        c.tls_cert = Some(c2);
+        c.tls_key = Some(k2);
+    });
+    let req = format!(
+        "GET /v1/tunnels/{} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        relay.tunnel, relay.runtime
+    );
+    let answer = tls_request(relay.addr, &req).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(&relay.tunnel));
+    // Plain HTTP on the TLS port gets no HTTP answer.
+    let mut s = TcpStream::connect(relay.addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    assert!(!String::from_utf8_lossy(&out).contains("HTTP/1.1 200"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_tls_files_and_non_loopback_plain_http_refuse_to_start() {
+    let relay = Relay::start();
+    let missing = relay.dir.join("nope.pem");
+    let mut cfg = ServeConfig::new(relay.dir.clone(), "127.0.0.1:0".parse().unwrap());
+    cfg.tls_cert = Some(missing.clone());
+    cfg.tls_key = Some(missing);
+    let err = Server::bind(cfg).err().expect("refused");
+    assert!(err.to_string().contains("--tls-cert"), "{err}");
+    let cfg = ServeConfig::new(relay.dir.clone(), "0.0.0.0:0".parse().unwrap());
+    let err = Server::bind(cfg).err().expect("refused");
+    assert!(err.to_string().contains("loopback"), "{err}");
+    let cfg = ServeConfig::new(relay.dir.join("absent"), "127.0.0.1:0".parse().unwrap());
+    let err = Server::bind(cfg).err().expect("refused");
+    assert!(err.to_string().contains("--state"), "{err}");
+}

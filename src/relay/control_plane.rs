@@ -153,8 +153,7 @@ struct Polling<'h> {
 impl Drop for Polling<'_> {
     fn drop(&mut self) {
         self.hub
-            .queue(&self.tunnel)
-            .poll_ended(&self.instance, Instant::now());
+            .poll_ended(&self.tunnel, &self.instance, Instant::now());
     }
 }
 

@@ -104,6 +104,16 @@ impl Hub {
         }
     }
 
+    /// A poll ended (answered or dropped). Like [`Hub::cancel`], safe in drop
+    /// guards, and it does not resurrect the queue of a deleted tunnel.
+    pub fn poll_ended(&self, tunnel_id: &str, instance: &str, now: Instant) {
+        if let Ok(mut qs) = self.queues.try_borrow_mut() {
+            if let Some(q) = qs.get_mut(tunnel_id) {
+                q.poll_ended(instance, now);
+            }
+        }
+    }
+
     pub fn queues(&self) -> Ref<'_, HashMap<String, TunnelQueue>> {
         self.queues.borrow()
     }

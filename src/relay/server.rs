@@ -6,9 +6,9 @@
 use std::future::Future;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_io::{Async, Timer};
@@ -23,6 +23,7 @@ use super::metrics::{Endpoint, Metrics};
 use super::queue::QueueConfig;
 use super::state::{StateDir, Watcher};
 use crate::net::http_server::{self, Handler, Limits, Request, Response};
+use crate::net::tls_listener::{self, ClientAuth};
 use crate::ops::shutdown::{self, Shutdown};
 
 /// How often the state file's metadata is checked (revocations apply within this).
@@ -111,6 +112,7 @@ pub struct Server {
     listener: TcpListener,
     watcher: Watcher,
     hub: Rc<Hub>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Server {
@@ -123,8 +125,19 @@ impl Server {
                 .map_err(|e| StartError(format!("--audit-log {}: {e}", p.display())))?,
             None => AuditLog::disabled(),
         };
-        if cfg.tls_cert.is_some() || cfg.tls_key.is_some() {
-            check_tls(&cfg)?;
+        let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                tls_listener::server_config(cert, key, &ClientAuth::Off)
+                    .map_err(|e| StartError(format!("--tls-cert/--tls-key: {e}")))?,
+            ),
+            (None, None) => None,
+            _ => return Err(StartError("--tls-cert and --tls-key go together".into())),
+        };
+        if tls.is_none() && !cfg.listen.ip().is_loopback() && !cfg.insecure_http {
+            return Err(StartError(format!(
+                "--listen {}: plain HTTP only on loopback; give --tls-cert/--tls-key or --insecure-http",
+                cfg.listen
+            )));
         }
         let listener = TcpListener::bind(cfg.listen)
             .map_err(|e| StartError(format!("--listen {}: cannot listen: {e}", cfg.listen)))?;
@@ -144,6 +157,7 @@ impl Server {
             listener,
             watcher,
             hub,
+            tls,
         })
     }
 
@@ -165,6 +179,7 @@ impl Server {
             listener,
             mut watcher,
             hub,
+            tls,
         } = self;
         let limits = Limits {
             max_body_bytes: cfg.max_body,
@@ -208,48 +223,17 @@ impl Server {
         })
         .detach();
         let handler: Rc<dyn Handler> = Rc::new(Router::new(hub));
-        let serve = serve(&cfg, listener, handler, limits, ex.clone(), shutdown);
-        future::block_on(ex.run(serve))
+        let ex2 = ex.clone();
+        future::block_on(ex.run(async move {
+            match tls {
+                Some(tls) => {
+                    tls_listener::serve_tls(listener, tls, handler, limits, ex2, shutdown).await
+                }
+                None => http_server::serve_tcp(listener, handler, limits, ex2, shutdown).await,
+            }
+        }));
+        Ok(())
     }
-}
-
-async fn serve(
-    cfg: &ServeConfig,
-    listener: Async<TcpListener>,
-    handler: Rc<dyn Handler>,
-    limits: Limits,
-    ex: Rc<LocalExecutor<'static>>,
-    shutdown: Shutdown,
-) -> Result<(), StartError> {
-    match (&cfg.tls_cert, &cfg.tls_key) {
-        (Some(cert), Some(key)) => {
-            serve_tls(cert, key, listener, handler, limits, ex, shutdown).await
-        }
-        _ => {
-            http_server::serve_tcp(listener, handler, limits, ex, shutdown).await;
-            Ok(())
-        }
-    }
-}
-
-fn check_tls(cfg: &ServeConfig) -> Result<(), StartError> {
-    let _ = cfg;
-    Ok(())
-}
-
-async fn serve_tls(
-    cert: &PathBuf,
-    key: &PathBuf,
-    listener: Async<TcpListener>,
-    handler: Rc<dyn Handler>,
-    limits: Limits,
-    ex: Rc<LocalExecutor<'static>>,
-    shutdown: Shutdown,
-) -> Result<(), StartError> {
-    let _ = (cert, key, listener, handler, limits, ex, shutdown);
-    Err(StartError(
-        "TLS serving is not wired in this build yet".into(),
-    ))
 }
 
 fn reload(hub: &Hub, watcher: &mut Watcher, forced: bool) {
