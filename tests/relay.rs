@@ -468,9 +468,24 @@ fn poll_limit_and_bad_parameters() {
         ("limit=0", "invalid_limit"),
         ("limit=x", "invalid_limit"),
         ("timeout_ms=-5", "invalid_timeout"),
-        ("channel=BAD", "invalid_channel"),
+        ("channel=BAD", "invalid_channel_format"),
     ] {
         assert_eq!(agent.poll_raw(q).err(), (400, Some(code.into())), "{q}");
+    }
+    let url = relay.url(&format!("/v1/tunnels/{}/poll?timeout_ms=0", relay.tunnel));
+    let auth = format!("Bearer {}", relay.runtime);
+    for bad in [
+        r#"{"version":2,"channels":[]}"#,
+        "not json",
+        r#"{"version":1,"channels":[{"name":"A"}]}"#,
+    ] {
+        let r = call(
+            "GET",
+            &url,
+            &[("Authorization", &auth), ("X-Tunnel-MCP-Server-Info", bad)],
+            None,
+        );
+        assert_eq!(r.err(), (400, Some("invalid_server_info".into())), "{bad}");
     }
 }
 
@@ -667,7 +682,7 @@ fn delete_becomes_session_termination() {
         &[("Authorization", &auth)],
         None,
     );
-    assert_eq!(r.err(), (400, Some("missing_session_id".into())));
+    assert_eq!(r.err(), (400, Some("missing_mcp_session_id".into())));
 }
 
 #[test]
@@ -886,6 +901,10 @@ fn agent_absent_is_503() {
     let relay = Relay::start();
     let r = mcp_post(&relay.mcp_url(), &relay.connector, CALL);
     assert_eq!(r.err(), (503, Some("tunnel_client_not_connected".into())));
+    // The OpenAPI APIErrorBody requires message and type.
+    let v = parse(&r.text());
+    assert_eq!(field(&v, &["error", "type"]), Some("server_error".into()));
+    assert!(field(&v, &["error", "message"]).is_some_and(|m| !m.is_empty()));
 }
 
 #[test]
@@ -1093,20 +1112,20 @@ fn malformed_and_oversized_bodies() {
     let url = relay.mcp_url();
     let k = &relay.connector;
     for (body, code) in [
-        ("not json", "invalid_json"),
-        ("", "invalid_json"),
+        ("not json", "invalid_json_payload"),
+        ("", "invalid_json_payload"),
         (
             r#"{"jsonrpc":"2.0","id":1,"method":"a"} trailing"#,
-            "invalid_json",
+            "invalid_json_payload",
         ),
         (
             r#"[{"jsonrpc":"2.0","id":1,"method":"a"}]"#,
-            "invalid_jsonrpc",
+            "invalid_json_payload",
         ),
         (r#"{"id":1,"method":"a"}"#, "invalid_jsonrpc"),
         (
             r#"{"jsonrpc":"2.0","id":1,"id":2,"method":"a"}"#,
-            "invalid_json",
+            "invalid_json_payload",
         ),
     ] {
         assert_eq!(
@@ -1184,7 +1203,7 @@ fn channels_route_commands() {
     let bad = format!("{}/No!", relay.mcp_url());
     assert_eq!(
         mcp_post(&bad, &relay.connector, CALL).err(),
-        (400, Some("invalid_channel".into()))
+        (400, Some("invalid_channel_format".into()))
     );
 }
 

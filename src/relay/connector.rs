@@ -13,8 +13,9 @@
 //!
 //! Statuses and codes of the relay's own answers (the agent's answers pass
 //! through with their status): `405 method_not_allowed` (with `Allow: POST,
-//! DELETE`), the auth answers of [`super::auth`], `400 invalid_channel |
-//! invalid_json | invalid_jsonrpc | missing_session_id`, `503
+//! DELETE`), the auth answers of [`super::auth`], `400 invalid_channel_format |
+//! invalid_json_payload` (not JSON, not one object: batches included) `|
+//! invalid_jsonrpc` (an object but not JSON-RPC 2.0) `| missing_mcp_session_id`, `503
 //! tunnel_client_not_connected | tunnel_queue_full`, `504 tunnel_timeout` (no
 //! answer within the response timeout; on a stream already started: a final
 //! `-32603` event with `tunnel_failure.source = "timeout"`).
@@ -29,7 +30,7 @@ use smol::future;
 use smol::stream::{self, Stream};
 
 use super::audit::AuditRecord;
-use super::hub::{bearer_of, header, Hub};
+use super::hub::{bearer_of, error_response, header, Hub};
 use super::keys;
 use super::metrics::{Endpoint, Metrics};
 use super::queue::{NewCommand, Payload, Post, PostKind};
@@ -75,7 +76,7 @@ impl Exchange {
 
     /// The relay's own error answer.
     fn fail(&mut self, status: u16, code: &'static str, message: &str) -> Response {
-        let r = Response::error(status, code, message);
+        let r = error_response(status, code, message);
         self.finish(status, Some(code), body_len(&r.body));
         r
     }
@@ -141,7 +142,7 @@ fn accepts_sse(req: &Request) -> bool {
 }
 
 fn method_not_allowed() -> Response {
-    Response::error(
+    error_response(
         405,
         "method_not_allowed",
         "this endpoint takes POST (JSON-RPC) and DELETE (end a session)",
@@ -173,7 +174,7 @@ pub async fn handle(
     ex.record.key_id = principal.key_id.clone();
     let channel = match Channel::parse(channel_name) {
         Ok(c) => c,
-        Err(e) => return ex.fail(400, "invalid_channel", &format!("channel: {e}")),
+        Err(e) => return ex.fail(400, "invalid_channel_format", &format!("channel: {e}")),
     };
     let limits = Limits {
         max_len: hub.settings.max_body,
@@ -183,25 +184,25 @@ pub async fn handle(
         if header(&req.headers, "mcp-session-id").is_none_or(str::is_empty) {
             return ex.fail(
                 400,
-                "missing_session_id",
+                "missing_mcp_session_id",
                 "DELETE needs the Mcp-Session-Id of the session to end",
             );
         }
         Payload::SessionTermination
     } else {
         if let Err(e) = validate(&req.body, &limits) {
-            return ex.fail(400, "invalid_json", &format!("request body: {e}"));
+            return ex.fail(400, "invalid_json_payload", &format!("request body: {e}"));
         }
         let info = match jsonrpc::inspect(&req.body, &limits) {
             Ok(i) => i,
-            Err(e @ (JsonError::NotJsonRpc(_) | JsonError::NotAnObject)) => {
+            Err(e @ JsonError::NotJsonRpc(_)) => {
                 return ex.fail(
                     400,
                     "invalid_jsonrpc",
                     &format!("not one JSON-RPC message: {e}"),
                 )
             }
-            Err(e) => return ex.fail(400, "invalid_json", &format!("request body: {e}")),
+            Err(e) => return ex.fail(400, "invalid_json_payload", &format!("request body: {e}")),
         };
         ex.record.method = info.method.clone();
         if info.method.as_deref() == Some("tools/call") {

@@ -3,10 +3,13 @@
 //!
 //! Statuses and codes (besides the auth answers of [`super::auth`]):
 //! - poll: `200 {"commands":[…]}`, `204` when idle, timed out or draining;
-//!   `400 invalid_limit | invalid_timeout | invalid_channel`.
+//!   `400 invalid_limit | invalid_timeout | invalid_channel_format |
+//!   invalid_server_info`. A poll serves the channels its `channel` parameters
+//!   name, or every channel. `X-Tunnel-MCP-Server-Info` is validated only: it
+//!   declares process affinity, not necessarily every channel served.
 //! - response: `200 {"status":"ok"}`; `400 missing_shard_token`, `400` with the
 //!   body decoder's code (e.g. `invalid_response_body`), `400 invalid_resp_code |
-//!   invalid_channel | missing_resp_json | channel_mismatch | unexpected_resp_type |
+//!   invalid_channel_format | missing_resp_json | channel_mismatch | unexpected_resp_type |
 //!   response_id_mismatch`; `403 shard_token_mismatch` (the id exists but the token
 //!   is not its own: the agent that holds the command is not the caller); `404
 //!   pending_request_not_found` (unknown, undelivered, answered, cancelled, expired).
@@ -18,7 +21,7 @@ use async_io::Timer;
 use miniserde::{json, Serialize};
 use smol::future;
 
-use super::hub::{bearer_of, header, Hub};
+use super::hub::{bearer_of, error_response, header, Hub};
 use super::metrics::{Endpoint, Metrics};
 use super::queue::{Post, PostError, PostKind};
 use super::state::Role;
@@ -29,6 +32,7 @@ use crate::proto::headers::response_allowlist;
 use crate::proto::json::{self as pjson, Limits};
 use crate::proto::jsonrpc;
 use crate::proto::response::{self, RespType};
+use crate::proto::server_info;
 use crate::proto::timeout::format_response_timeout;
 
 /// Poll `limit` cap (protocol.md).
@@ -39,7 +43,7 @@ const MAX_INSTANCE_ID: usize = 128;
 
 fn error(hub: &Hub, ep: Endpoint, status: u16, code: &'static str, msg: &str) -> Response {
     hub.metrics.count(ep, status, code);
-    Response::error(status, code, msg)
+    error_response(status, code, msg)
 }
 
 fn credential(req: &Request) -> Option<&str> {
@@ -113,10 +117,10 @@ pub fn parse_poll_query(
                 }
             },
             "channel" => {
-                let c =
-                    Channel::parse(v).map_err(|e| ("invalid_channel", format!("channel: {e}")))?;
+                let c = Channel::parse(v)
+                    .map_err(|e| ("invalid_channel_format", format!("channel: {e}")))?;
                 if q.channels.len() >= MAX_POLL_CHANNELS {
-                    return Err(("invalid_channel", "too many channels".into()));
+                    return Err(("invalid_channel_format", "too many channels".into()));
                 }
                 if !q.channels.iter().any(|x| x == c.as_str()) {
                     q.channels.push(c.as_str().to_string());
@@ -127,6 +131,18 @@ pub fn parse_poll_query(
     }
     q.timeout = q.timeout.min(max_wait);
     Ok(q)
+}
+
+/// `X-Tunnel-MCP-Server-Info`, when sent, must be a valid declaration.
+fn check_server_info(req: &Request) -> Result<(), String> {
+    if req.headers.get("x-tunnel-mcp-server-info").is_none() {
+        return Ok(());
+    }
+    let value = header(&req.headers, "x-tunnel-mcp-server-info")
+        .ok_or("X-Tunnel-MCP-Server-Info must be one UTF-8 value")?;
+    server_info::decode(value)
+        .map(|_| ())
+        .map_err(|e| format!("X-Tunnel-MCP-Server-Info: {e}"))
 }
 
 /// The agent instance behind a poll, for liveness: its declared instance id, or its key.
@@ -168,6 +184,10 @@ pub async fn poll(hub: Rc<Hub>, req: Request, tunnel_id: String) -> Response {
         Ok(q) => q,
         Err((code, msg)) => return error(&hub, ep, 400, code, &msg),
     };
+    // Channels served: the poll's filter, else what the agent declares, else any.
+    if let Err(msg) = check_server_info(&req) {
+        return error(&hub, ep, 400, "invalid_server_info", &msg);
+    }
     let filter = (!q.channels.is_empty()).then(|| q.channels.clone());
     let instance = instance_of(&req, &principal.key_id);
     let started = Instant::now();
@@ -281,7 +301,13 @@ pub async fn respond(hub: Rc<Hub>, req: Request, tunnel_id: String) -> Response 
     }
     if let Some(c) = &decoded.channel {
         if let Err(e) = Channel::parse(c) {
-            return error(&hub, ep, 400, "invalid_channel", &format!("channel: {e}"));
+            return error(
+                &hub,
+                ep,
+                400,
+                "invalid_channel_format",
+                &format!("channel: {e}"),
+            );
         }
     }
     let kind = post_kind(decoded.resp_type);
@@ -367,9 +393,9 @@ mod tests {
             ("limit=abc", "invalid_limit"),
             ("timeout_ms=1.5", "invalid_timeout"),
             ("timeout_ms=", "invalid_timeout"),
-            ("channel=Main", "invalid_channel"),
-            ("channel=", "invalid_channel"),
-            ("channel=a%20b", "invalid_channel"),
+            ("channel=Main", "invalid_channel_format"),
+            ("channel=", "invalid_channel_format"),
+            ("channel=a%20b", "invalid_channel_format"),
         ] {
             assert_eq!(
                 parse_poll_query(Some(query), MAX).unwrap_err().0,

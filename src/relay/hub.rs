@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use http::HeaderMap;
 
+use crate::net::http_server::Response;
+use crate::proto::error_body;
+
 use super::audit::AuditLog;
 use super::auth::{self, AuthError, Principal};
 use super::keys;
@@ -152,6 +155,14 @@ impl Hub {
         v.sort_by(|a, b| a.tunnel_id.cmp(&b.tunnel_id));
         v
     }
+}
+
+/// The relay's own error answer: `{"error":{"code","message","type"}}` as the
+/// OpenAPI `APIErrorBody` has it.
+pub fn error_response(status: u16, code: &str, message: &str) -> Response {
+    let mut body = Vec::new();
+    error_body::write(code, message, &mut body);
+    Response::json(status, body)
 }
 
 /// A header's value as text; absent, repeated-and-ambiguous or non-UTF-8 is `None`.

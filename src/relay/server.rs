@@ -18,7 +18,7 @@ use super::audit::AuditLog;
 use super::cli::ServeConfig;
 use super::connector;
 use super::control_plane;
-use super::hub::{Hub, Settings};
+use super::hub::{error_response, Hub, Settings};
 use super::metrics::{Endpoint, Metrics};
 use super::queue::QueueConfig;
 use super::state::{StateDir, Watcher};
@@ -43,8 +43,7 @@ impl Router {
 fn not_allowed(hub: &Hub, allow: &'static str) -> Response {
     hub.metrics
         .count(Endpoint::Other, 405, "method_not_allowed");
-    Response::error(405, "method_not_allowed", "method not allowed here")
-        .with_header("Allow", allow)
+    error_response(405, "method_not_allowed", "method not allowed here").with_header("Allow", allow)
 }
 
 impl Handler for Router {
@@ -89,7 +88,7 @@ async fn route(hub: Rc<Hub>, req: Request) -> Response {
         ["healthz"] => Response::json(200, br#"{"status":"ok"}"#.to_vec()),
         _ => {
             hub.metrics.count(Endpoint::Other, 404, "not_found");
-            Response::error(404, "not_found", "no such endpoint")
+            error_response(404, "not_found", "no such endpoint")
         }
     }
 }
