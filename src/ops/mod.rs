@@ -1,3 +1,4 @@
 //! Operations: logging, health, metrics.
 
+pub mod log;
 pub mod shutdown;
