@@ -1366,3 +1366,345 @@ fn bad_tls_files_and_non_loopback_plain_http_refuse_to_start() {
     let err = Server::bind(cfg).err().expect("refused");
     assert!(err.to_string().contains("--state"), "{err}");
 }
+
+// ---------------------------------------------------------------------------
+// The built binary: `mcp-tunnel relay …` as operators and other suites run it.
+
+const BIN: &str = env!("CARGO_BIN_EXE_mcp-tunnel");
+
+fn bin(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run mcp-tunnel")
+}
+
+/// A child process of this test, killed by its own handle if the test fails midway.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `relay serve` on a free port; the address comes from its one stdout line.
+fn spawn_serve(state: &str, extra: &[&str]) -> (Child, SocketAddr) {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let mut args = vec![
+        "relay",
+        "serve",
+        "--state",
+        state,
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    let mut child = std::process::Command::new(BIN)
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn relay serve");
+    let stdout = child.stdout.take().unwrap();
+    let child = Child(child);
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim_end()
+        .strip_prefix("listening on 127.0.0.1:")
+        .map(|port| format!("127.0.0.1:{port}"))
+        .unwrap_or_else(|| panic!("first stdout line: {line:?}"))
+        .parse()
+        .unwrap();
+    (child, addr)
+}
+
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let end = Instant::now() + WAIT;
+    loop {
+        if let Some(st) = child.0.try_wait().unwrap() {
+            return st;
+        }
+        assert!(Instant::now() < end, "process did not exit");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn sigterm(child: &Child) {
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .expect("kill(1)");
+    assert!(st.success());
+}
+
+#[test]
+fn binary_init_serve_and_sigterm() {
+    let dir = tmpdir();
+    let d = dir.to_str().unwrap();
+    let out = bin(&["relay", "init", "--state", d]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().count(), 1);
+    let v = parse(&text);
+    let tunnel = field(&v, &["tunnel_id"]).unwrap();
+    let runtime = field(&v, &["runtime_key"]).unwrap();
+    assert!(field(&v, &["connector_key"]).is_some() && field(&v, &["org_id"]).is_some());
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    let again = bin(&["relay", "init", "--state", d]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(again.stdout.is_empty());
+
+    let (mut child, addr) = spawn_serve(d, &[]);
+    let r = call(
+        "GET",
+        &format!("http://{addr}/v1/tunnels/{tunnel}"),
+        &[("Authorization", &format!("Bearer {runtime}"))],
+        None,
+    );
+    assert_eq!(r.status, 200);
+    // The CLI changes the state under the running server.
+    let out = bin(&[
+        "relay", "tunnel", "create", "--state", d, "--name", "second",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let listed = String::from_utf8(bin(&["relay", "tunnel", "list", "--state", d]).stdout).unwrap();
+    assert_eq!(listed.lines().count(), 2);
+    sigterm(&child);
+    assert_eq!(
+        wait_exit(&mut child).code(),
+        Some(0),
+        "clean exit after the drain"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn binary_usage_errors_name_the_flag() {
+    for (args, flag) in [
+        (
+            &[
+                "relay",
+                "serve",
+                "--state",
+                "/nonexistent",
+                "--listen",
+                "nope",
+            ][..],
+            "--listen",
+        ),
+        (&["relay", "serve", "--state", "/nonexistent"], "--listen"),
+        (
+            &[
+                "relay",
+                "key",
+                "create",
+                "--state",
+                "/nonexistent",
+                "--role",
+                "root",
+            ],
+            "--role",
+        ),
+        (&["relay", "init"], "--state"),
+        (
+            &[
+                "relay",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--state",
+                "/x",
+                "--max-body",
+                "lots",
+            ],
+            "--max-body",
+        ),
+    ] {
+        let out = bin(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(flag), "{args:?}: {err}");
+    }
+    let out = bin(&[
+        "relay",
+        "serve",
+        "--state",
+        "/nonexistent/state",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .contains("relay init"));
+    for args in [
+        &["relay", "--help"][..],
+        &["relay", "serve", "--help"],
+        &["relay", "key", "--help"],
+    ] {
+        let out = bin(args);
+        assert_eq!(out.status.code(), Some(0));
+        assert!(String::from_utf8(out.stdout).unwrap().starts_with("usage:"));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Our own agent between the relay and a small MCP server.
+
+/// A minimal Streamable HTTP MCP server: `tools/call` answers as an SSE stream
+/// (one progress notification, then the result), other requests as JSON,
+/// notifications 202, DELETE 200.
+fn fake_mcp_server() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            thread::spawn(move || serve_mcp(s));
+        }
+    });
+    addr
+}
+
+fn serve_mcp(mut s: TcpStream) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap_or(0))
+        })
+        .unwrap_or(0);
+    while buf.len() < head_end + len {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let body = &buf[head_end..head_end + len];
+    let reply = |s: &mut TcpStream, status: &str, ctype: &str, body: &str| {
+        let _ = write!(s, "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nMcp-Session-Id: sess-e2e\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    };
+    if head.starts_with("DELETE") {
+        return reply(&mut s, "200 OK", "text/plain", "");
+    }
+    let limits = mcp_tunnel::proto::json::Limits::default();
+    let Ok(info) = mcp_tunnel::proto::jsonrpc::inspect(body, &limits) else {
+        return reply(&mut s, "400 Bad Request", "text/plain", "bad");
+    };
+    let Some(id) = info
+        .id_bytes(body)
+        .map(|b| String::from_utf8_lossy(b).to_string())
+    else {
+        return reply(&mut s, "202 Accepted", "text/plain", "");
+    };
+    let method = info.method.unwrap_or_default();
+    if method == "tools/call" {
+        let progress = r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}}"#;
+        let result = format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"result":{{"content":[{{"type":"text","text":"called"}}]}}}}"#
+        );
+        let _ = write!(
+            s,
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nMcp-Session-Id: sess-e2e\r\nConnection: close\r\n\r\nevent: message\ndata: {progress}\n\nevent: message\ndata: {result}\n\n"
+        );
+        return;
+    }
+    let result = format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{{"method":"{method}"}}}}"#);
+    reply(&mut s, "200 OK", "application/json", &result);
+}
+
+#[test]
+fn real_agent_end_to_end() {
+    let relay = Relay::start();
+    let mcp = fake_mcp_server();
+    let child = std::process::Command::new(BIN)
+        .args([
+            "agent",
+            "--control-plane.base-url",
+            &relay.url(""),
+            "--control-plane.tunnel-id",
+            &relay.tunnel,
+            "--control-plane.api-key",
+            &relay.runtime,
+            "--control-plane.poll-timeout",
+            "2s",
+            "--mcp.server-url",
+            &format!("http://{mcp}/mcp"),
+            "--health.listen-addr",
+            "off",
+            "--log.level",
+            "warn",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn agent");
+    let _agent = Child(child);
+    let ping = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    let mut r = mcp_post(&relay.mcp_url(), &relay.connector, ping);
+    wait_until("the agent connected", || {
+        r = mcp_post(&relay.mcp_url(), &relay.connector, ping);
+        r.status != 503
+    });
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.text(),
+        r#"{"jsonrpc":"2.0","id":1,"result":{"method":"ping"}}"#
+    );
+    assert_eq!(r.header("mcp-session-id"), Some("sess-e2e"));
+    // tools/call streams: progress first, then the result.
+    let auth = format!("Bearer {}", relay.connector);
+    let call_body = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"t","_meta":{"progressToken":1}}}"#;
+    let r = call(
+        "POST",
+        &relay.mcp_url(),
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+            ("Accept", "application/json, text/event-stream"),
+        ],
+        Some(call_body.as_bytes()),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("text/event-stream"));
+    let text = r.text();
+    let p = text.find("notifications/progress").expect("progress event");
+    let f = text.find(r#""id":2,"result""#).expect("final event");
+    assert!(p < f, "{text}");
+    // A notification, then the session's end.
+    let r = mcp_post(
+        &relay.mcp_url(),
+        &relay.connector,
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+    );
+    assert_eq!(r.status, 202);
+    let r = call(
+        "DELETE",
+        &relay.mcp_url(),
+        &[("Authorization", &auth), ("Mcp-Session-Id", "sess-e2e")],
+        None,
+    );
+    assert_eq!(r.status, 200);
+}

@@ -16,6 +16,7 @@ use miniserde::{json, Serialize};
 use super::keys;
 use super::state::{is_tunnel_id, KeyRecord, Org, Role, State, StateDir, StateError, Tunnel};
 use super::timestamp::rfc3339;
+use crate::ops::log::{parse_level, LogFormat};
 
 /// Environment fallback for `--state`.
 pub const STATE_ENV: &str = "MCP_TUNNEL_RELAY_STATE";
@@ -79,6 +80,8 @@ usage: mcp-tunnel relay serve --state DIR --listen ADDR [options]
   --poll-timeout-max DUR     longest long-poll (default 30s)
   --agent-liveness DUR       an agent counts as connected this long after a poll (default 30s)
   --drain-timeout DUR        on SIGTERM, time for in-flight requests (default 10s)
+  --log-level LEVEL          trace, debug, info, warn, error, off (default info)
+  --log-format FORMAT        text or json (default text)
 
 Prints `listening on ADDR` once ready. SIGHUP reloads the state at once
 (it is also reloaded within 500 ms of any change).";
@@ -99,6 +102,8 @@ pub struct ServeConfig {
     pub poll_timeout_max: Duration,
     pub agent_liveness: Duration,
     pub drain_timeout: Duration,
+    pub log_level: log::LevelFilter,
+    pub log_format: LogFormat,
 }
 
 impl ServeConfig {
@@ -118,6 +123,8 @@ impl ServeConfig {
             poll_timeout_max: Duration::from_secs(30),
             agent_liveness: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(10),
+            log_level: log::LevelFilter::Info,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -739,6 +746,20 @@ fn serve(p: &mut lexopt::Parser, out: &mut dyn Write) -> Run {
             }
             Long("agent-liveness") => cfg.agent_liveness = duration_value(p, "agent-liveness")?,
             Long("drain-timeout") => cfg.drain_timeout = duration_value(p, "drain-timeout")?,
+            Long("log-level") => {
+                let v = string_value(p, "log-level")?;
+                cfg.log_level = parse_level(&v).ok_or_else(|| {
+                    Usage(format!(
+                        "--log-level: expected trace, debug, info, warn, error or off, got {v:?}"
+                    ))
+                })?;
+            }
+            Long("log-format") => {
+                let v = string_value(p, "log-format")?;
+                cfg.log_format = LogFormat::parse(&v).ok_or_else(|| {
+                    Usage(format!("--log-format: expected text or json, got {v:?}"))
+                })?;
+            }
             Long("help") | Short('h') => return Ok(Ok(Outcome::Help(SERVE_USAGE))),
             other => return Err(Usage(format!("serve: unexpected {}", describe(&other)))),
         }

@@ -252,8 +252,7 @@ fn reload(hub: &Hub, watcher: &mut Watcher, forced: bool) {
 
 /// `relay serve`: binds, prints `listening on ADDR`, serves until SIGTERM/SIGINT.
 pub fn run(cfg: ServeConfig, out: &mut dyn Write) -> i32 {
-    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .try_init();
+    crate::ops::log::init(cfg.log_level, cfg.log_format);
     let server = match Server::bind(cfg) {
         Ok(s) => s,
         Err(e) => {
