@@ -126,6 +126,7 @@ impl Relay {
             base: self.url(""),
             tunnel: self.tunnel.clone(),
             key: self.runtime.clone(),
+            instance: "fake-agent-1".into(),
         }
     }
 
@@ -241,6 +242,7 @@ struct FakeAgent {
     base: String,
     tunnel: String,
     key: String,
+    instance: String,
 }
 
 impl FakeAgent {
@@ -256,7 +258,7 @@ impl FakeAgent {
             &url,
             &[
                 ("Authorization", &auth),
-                ("X-Tunnel-Client-Instance-Id", "fake-agent-1"),
+                ("X-Tunnel-Client-Instance-Id", &self.instance),
                 (
                     "X-Tunnel-MCP-Server-Info",
                     r#"{"version":1,"channels":[{"name":"main"}]}"#,
@@ -289,6 +291,11 @@ impl FakeAgent {
 
     /// Polls until `n` commands have arrived.
     fn take(&self, n: usize) -> Vec<Command> {
+        self.take_by(n, 25)
+    }
+
+    /// [`FakeAgent::take`] asking for at most `limit` per poll.
+    fn take_by(&self, n: usize, limit: usize) -> Vec<Command> {
         let end = Instant::now() + WAIT;
         let mut got = Vec::new();
         while got.len() < n {
@@ -297,7 +304,7 @@ impl FakeAgent {
                 "only {} of {n} commands arrived",
                 got.len()
             );
-            got.extend(self.poll("limit=25&timeout_ms=1000"));
+            got.extend(self.poll(&format!("limit={limit}&timeout_ms=1000")));
         }
         got
     }
@@ -1707,4 +1714,86 @@ fn real_agent_end_to_end() {
         None,
     );
     assert_eq!(r.status, 200);
+}
+
+#[test]
+fn extreme_configured_timeouts_do_not_overflow() {
+    let relay = Relay::start_with(|c| {
+        c.response_timeout = Duration::MAX;
+        c.poll_timeout_max = Duration::MAX;
+    });
+    let agent = relay.agent();
+    agent.hello();
+    let client = mcp_post_bg(relay.mcp_url(), relay.connector.clone(), CALL.into());
+    let c = agent.take(1).remove(0);
+    assert!(c
+        .response_timeout
+        .is_some_and(|t| t > Duration::from_secs(86_400 * 365)));
+    let fin = r#"{"jsonrpc":"2.0","id":7,"result":{}}"#;
+    assert_eq!(
+        agent
+            .answer(&c, "jsonrpc_response", 200, Some(fin), "{}")
+            .status,
+        200
+    );
+    assert_eq!(client.join().unwrap().status, 200);
+}
+
+#[test]
+fn two_agents_share_a_tunnel_and_one_carries_on() {
+    // A short response timeout turns a probe that slips through into a 504, not a hang.
+    let relay = Relay::start_with(|c| {
+        c.agent_liveness = Duration::from_secs(1);
+        c.response_timeout = Duration::from_secs(2);
+    });
+    let a = relay.agent();
+    let b = FakeAgent {
+        instance: "fake-agent-2".into(),
+        ..relay.agent()
+    };
+    a.hello();
+    b.hello();
+    // Both long-poll for one command; each command goes to exactly one of them.
+    let (ta, tb) = (
+        thread::spawn(move || a.take_by(1, 1)),
+        thread::spawn(move || b.take_by(1, 1)),
+    );
+    let body = |i: u32| format!(r#"{{"jsonrpc":"2.0","id":{i},"method":"ping"}}"#);
+    let c1 = mcp_post_bg(relay.mcp_url(), relay.connector.clone(), body(1));
+    let c2 = mcp_post_bg(relay.mcp_url(), relay.connector.clone(), body(2));
+    let (ga, gb) = (ta.join().unwrap(), tb.join().unwrap());
+    assert_eq!((ga.len(), gb.len()), (1, 1), "one command each");
+    assert_ne!(ga[0].request_id, gb[0].request_id);
+    let agent = relay.agent();
+    for c in ga.iter().chain(&gb) {
+        let id = &jsonrpc_body(c)[22..23];
+        let fin = format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{{}}}}"#);
+        assert_eq!(
+            agent
+                .answer(c, "jsonrpc_response", 200, Some(&fin), "{}")
+                .status,
+            200
+        );
+    }
+    assert_eq!(c1.join().unwrap().status, 200);
+    assert_eq!(c2.join().unwrap().status, 200);
+    // Only one keeps polling: the tunnel stays usable through it.
+    let carrying = relay.agent();
+    let keep = thread::spawn(move || carrying.take(1));
+    let c3 = mcp_post_bg(relay.mcp_url(), relay.connector.clone(), body(3));
+    let got = keep.join().unwrap();
+    let fin = r#"{"jsonrpc":"2.0","id":3,"result":{}}"#;
+    assert_eq!(
+        relay
+            .agent()
+            .answer(&got[0], "jsonrpc_response", 200, Some(fin), "{}")
+            .status,
+        200
+    );
+    assert_eq!(c3.join().unwrap().status, 200);
+    // With nobody polling past the liveness window, clients learn it at once.
+    wait_until("agents gone", || {
+        mcp_post(&relay.mcp_url(), &relay.connector, &body(4)).err()
+            == (503, Some("tunnel_client_not_connected".into()))
+    });
 }

@@ -43,6 +43,7 @@ use crate::proto::headers::command_headers_from_client;
 use crate::proto::json::{validate, JsonError, Limits};
 use crate::proto::jsonrpc::{self, MessageKind};
 use crate::proto::sse::write_event;
+use crate::proto::timeout::Deadline;
 
 /// Status recorded when the client went away before its answer.
 const CLIENT_CLOSED: u16 = 499;
@@ -225,7 +226,8 @@ pub async fn handle(
         auth_is_relay_key,
     );
     let now = Instant::now();
-    let deadline = now + hub.settings.response_timeout;
+    // Saturating: a configured timeout of centuries must not overflow Instant.
+    let deadline = Deadline::after(now, hub.settings.response_timeout).at();
     let rpc_id = match &payload {
         Payload::Request { id, .. } => Some(id.clone()),
         _ => None,

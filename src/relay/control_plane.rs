@@ -33,7 +33,7 @@ use crate::proto::json::{self as pjson, Limits};
 use crate::proto::jsonrpc;
 use crate::proto::response::{self, RespType};
 use crate::proto::server_info;
-use crate::proto::timeout::format_response_timeout;
+use crate::proto::timeout::{format_response_timeout, Deadline};
 
 /// Poll `limit` cap (protocol.md).
 pub const MAX_LIMIT: usize = 25;
@@ -191,7 +191,7 @@ pub async fn poll(hub: Rc<Hub>, req: Request, tunnel_id: String) -> Response {
     let filter = (!q.channels.is_empty()).then(|| q.channels.clone());
     let instance = instance_of(&req, &principal.key_id);
     let started = Instant::now();
-    let deadline = started + q.timeout;
+    let deadline = Deadline::after(started, q.timeout).at();
     hub.queue(&tunnel_id)
         .poll_started(&instance, filter.clone(), started);
     let _polling = Polling {
@@ -206,7 +206,11 @@ pub async fn poll(hub: Rc<Hub>, req: Request, tunnel_id: String) -> Response {
             Metrics::add(&hub.metrics.commands_delivered, batch.len() as u64);
             let timeouts: Vec<String> = batch
                 .iter()
-                .map(|c| format_response_timeout(c.response_timeout))
+                // Whole milliseconds: readable, and never longer than what is left.
+                .map(|c| {
+                    let ms = u64::try_from(c.response_timeout.as_millis()).unwrap_or(u64::MAX);
+                    format_response_timeout(Duration::from_millis(ms))
+                })
                 .collect();
             let out: Vec<CommandOut<'_>> = batch
                 .iter()
