@@ -1442,9 +1442,9 @@ fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
     }
 }
 
-fn sigterm(child: &Child) {
+fn signal(child: &Child, sig: &str) {
     let st = std::process::Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
+        .args([sig, &child.0.id().to_string()])
         .status()
         .expect("kill(1)");
     assert!(st.success());
@@ -1471,7 +1471,8 @@ fn binary_init_serve_and_sigterm() {
     assert_eq!(again.status.code(), Some(2));
     assert!(again.stdout.is_empty());
 
-    let (mut child, addr) = spawn_serve(d, &[]);
+    let audit = dir.join("audit.log");
+    let (mut child, addr) = spawn_serve(d, &["--audit-log", audit.to_str().unwrap()]);
     let r = call(
         "GET",
         &format!("http://{addr}/v1/tunnels/{tunnel}"),
@@ -1486,7 +1487,19 @@ fn binary_init_serve_and_sigterm() {
     assert_eq!(out.status.code(), Some(0));
     let listed = String::from_utf8(bin(&["relay", "tunnel", "list", "--state", d]).stdout).unwrap();
     assert_eq!(listed.lines().count(), 2);
-    sigterm(&child);
+    // SIGHUP reopens the audit log after rotation.
+    let url = format!("http://{addr}/v1/mcp/{tunnel}");
+    assert_eq!(mcp_post(&url, "mtk_wrong", CALL).status, 401);
+    wait_until("audit line", || {
+        std::fs::read_to_string(&audit).is_ok_and(|t| t.lines().count() == 1)
+    });
+    std::fs::rename(&audit, dir.join("audit.log.1")).unwrap();
+    signal(&child, "-HUP");
+    wait_until("audit log reopened", || {
+        assert_eq!(mcp_post(&url, "mtk_wrong", CALL).status, 401);
+        audit.exists()
+    });
+    signal(&child, "-TERM");
     assert_eq!(
         wait_exit(&mut child).code(),
         Some(0),

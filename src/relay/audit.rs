@@ -81,9 +81,18 @@ pub fn encode(rec: &AuditRecord, time: SystemTime) -> String {
     s
 }
 
+fn open_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+}
+
 /// Where audit lines go; a disabled log drops them.
 pub struct AuditLog {
     file: Option<RefCell<File>>,
+    path: Option<std::path::PathBuf>,
     failing: Cell<bool>,
 }
 
@@ -91,21 +100,30 @@ impl AuditLog {
     pub fn disabled() -> AuditLog {
         AuditLog {
             file: None,
+            path: None,
             failing: Cell::new(false),
         }
     }
 
     /// Appends to `path` (created 0600).
     pub fn open(path: &Path) -> io::Result<AuditLog> {
-        let file = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(path)?;
         Ok(AuditLog {
-            file: Some(RefCell::new(file)),
+            file: Some(RefCell::new(open_append(path)?)),
+            path: Some(path.to_path_buf()),
             failing: Cell::new(false),
         })
+    }
+
+    /// After log rotation (SIGHUP): continue in a fresh file at the same path.
+    /// On failure the old file is kept.
+    pub fn reopen(&self) {
+        let (Some(file), Some(path)) = (&self.file, &self.path) else {
+            return;
+        };
+        match open_append(path) {
+            Ok(f) => *file.borrow_mut() = f,
+            Err(e) => log::error!("cannot reopen the audit log {}: {e}", path.display()),
+        }
     }
 
     pub fn record(&self, rec: &AuditRecord) {
@@ -203,6 +221,17 @@ mod tests {
         log.record(&AuditRecord::default());
         let text = std::fs::read_to_string(&p).unwrap();
         assert_eq!(text.lines().count(), 2);
+        // Rotation: the old file moves away, reopen starts a new one.
+        let rotated = p.with_extension("1");
+        std::fs::rename(&p, &rotated).unwrap();
+        log.reopen();
+        log.record(&AuditRecord::default());
+        assert_eq!(std::fs::read_to_string(&p).unwrap().lines().count(), 1);
+        assert_eq!(
+            std::fs::read_to_string(&rotated).unwrap().lines().count(),
+            2
+        );
         std::fs::remove_file(&p).unwrap();
+        std::fs::remove_file(&rotated).unwrap();
     }
 }

@@ -209,6 +209,9 @@ impl Server {
                     false
                 })
                 .await;
+                if forced {
+                    h.audit.reopen();
+                }
                 reload(&h, &mut watcher, forced);
                 h.sweep(Instant::now());
             }

@@ -485,7 +485,15 @@ impl Watcher {
     /// the old state and logs). A bad version is not retried until the file changes again.
     pub fn poll(&mut self, force: bool) -> Result<Option<State>, StateError> {
         let path = self.dir.file();
-        let now = signature(&path).map_err(io_err(&path, "stat"))?;
+        let now = match signature(&path) {
+            Ok(s) => s,
+            // Reported once; the file's return is a change like any other.
+            Err(_) if self.seen.is_none() && !force => return Ok(None),
+            Err(e) => {
+                self.seen = None;
+                return Err(io_err(&path, "stat")(e));
+            }
+        };
         if !force && self.seen == Some(now) {
             return Ok(None);
         }
@@ -637,6 +645,12 @@ mod tests {
         sd.store(&sample()).unwrap();
         assert_eq!(w.poll(false).unwrap(), Some(sample()));
         assert_eq!(w.poll(true).unwrap(), Some(sample()));
+        // A vanished file is reported once, and its return is picked up.
+        fs::remove_file(sd.file()).unwrap();
+        assert!(matches!(w.poll(false), Err(StateError::Io { .. })));
+        assert!(w.poll(false).unwrap().is_none());
+        sd.store(&sample()).unwrap();
+        assert_eq!(w.poll(false).unwrap(), Some(sample()));
         fs::remove_dir_all(&d).unwrap();
     }
 
