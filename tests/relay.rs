@@ -1810,3 +1810,27 @@ fn two_agents_share_a_tunnel_and_one_carries_on() {
             == (503, Some("tunnel_client_not_connected".into()))
     });
 }
+
+#[test]
+fn two_megabyte_result_passes_through_unchanged() {
+    let relay = Relay::start();
+    let agent = relay.agent();
+    agent.hello();
+    let client = mcp_post_bg(relay.mcp_url(), relay.connector.clone(), CALL.into());
+    let c = agent.take(1).remove(0);
+    let text: String = (0..2 * 1024 * 1024)
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
+    let fin = format!(
+        r#"{{"jsonrpc":"2.0","id":7,"result":{{"content":[{{"type":"text","text":"{text}"}}]}}}}"#
+    );
+    assert_eq!(
+        agent
+            .answer(&c, "jsonrpc_response", 200, Some(&fin), "{}")
+            .status,
+        200
+    );
+    let r = client.join().unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.body == fin.as_bytes(), "2 MB body differs");
+}
