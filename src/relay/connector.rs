@@ -181,43 +181,9 @@ pub async fn handle(
         max_len: hub.settings.max_body,
         ..Limits::default()
     };
-    let payload = if method == "DELETE" {
-        if header(&req.headers, "mcp-session-id").is_none_or(str::is_empty) {
-            return ex.fail(
-                400,
-                "missing_mcp_session_id",
-                "DELETE needs the Mcp-Session-Id of the session to end",
-            );
-        }
-        Payload::SessionTermination
-    } else {
-        if let Err(e) = validate(&req.body, &limits) {
-            return ex.fail(400, "invalid_json_payload", &format!("request body: {e}"));
-        }
-        let info = match jsonrpc::inspect(&req.body, &limits) {
-            Ok(i) => i,
-            Err(e @ JsonError::NotJsonRpc(_)) => {
-                return ex.fail(
-                    400,
-                    "invalid_jsonrpc",
-                    &format!("not one JSON-RPC message: {e}"),
-                )
-            }
-            Err(e) => return ex.fail(400, "invalid_json_payload", &format!("request body: {e}")),
-        };
-        ex.record.method = info.method.clone();
-        if info.method.as_deref() == Some("tools/call") {
-            ex.record.tool = info.tool_name.clone();
-        }
-        let body = Rc::new(req.body.clone());
-        match (info.kind, info.id_bytes(&req.body)) {
-            (MessageKind::Request, Some(id)) => Payload::Request {
-                id: id.to_vec(),
-                body,
-            },
-            // Notifications and the client's answers to server requests: 202 after the ack.
-            _ => Payload::Notification { body },
-        }
+    let payload = match payload(&req, &limits, &mut ex.record) {
+        Ok(p) => p,
+        Err((code, msg)) => return ex.fail(400, code, &msg),
     };
     let headers = command_headers_from_client(
         req.headers
@@ -272,6 +238,43 @@ pub async fn handle(
             }
         }
     }
+}
+
+/// What the agent must do for this request; a refusal is a 400 with its code.
+/// Fills in the audit record's method and tool name.
+fn payload(
+    req: &Request,
+    limits: &Limits,
+    record: &mut AuditRecord,
+) -> Result<Payload, (&'static str, String)> {
+    if req.method == http::Method::DELETE {
+        if header(&req.headers, "mcp-session-id").is_none_or(str::is_empty) {
+            return Err((
+                "missing_mcp_session_id",
+                "DELETE needs the Mcp-Session-Id of the session to end".into(),
+            ));
+        }
+        return Ok(Payload::SessionTermination);
+    }
+    validate(&req.body, limits)
+        .map_err(|e| ("invalid_json_payload", format!("request body: {e}")))?;
+    let info = jsonrpc::inspect(&req.body, limits).map_err(|e| match e {
+        JsonError::NotJsonRpc(_) => ("invalid_jsonrpc", format!("not one JSON-RPC message: {e}")),
+        e => ("invalid_json_payload", format!("request body: {e}")),
+    })?;
+    record.method = info.method.clone();
+    if info.method.as_deref() == Some("tools/call") {
+        record.tool = info.tool_name.clone();
+    }
+    let body = Rc::new(req.body.clone());
+    Ok(match (info.kind, info.id_bytes(&req.body)) {
+        (MessageKind::Request, Some(id)) => Payload::Request {
+            id: id.to_vec(),
+            body,
+        },
+        // Notifications and the client's answers to server requests: 202 after the ack.
+        _ => Payload::Notification { body },
+    })
 }
 
 /// The next post for this command; `None` on timeout or when the command is gone.
