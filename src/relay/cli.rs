@@ -209,6 +209,17 @@ fn string_value(p: &mut lexopt::Parser, flag: &str) -> Result<String, Usage> {
         .map_err(|_| Usage(format!("--{flag}: value is not valid UTF-8")))
 }
 
+/// Names and descriptions: printable, one line, at most 256 characters.
+fn text_value(p: &mut lexopt::Parser, flag: &str) -> Result<String, Usage> {
+    let v = string_value(p, flag)?;
+    if v.chars().count() > 256 || v.chars().any(char::is_control) {
+        return Err(Usage(format!(
+            "--{flag}: at most 256 characters, no control characters"
+        )));
+    }
+    Ok(v)
+}
+
 fn number_value(p: &mut lexopt::Parser, flag: &str) -> Result<usize, Usage> {
     let s = string_value(p, flag)?;
     match s.parse::<usize>() {
@@ -273,8 +284,8 @@ fn init(p: &mut lexopt::Parser, out: &mut dyn Write) -> Run {
     while let Some(arg) = p.next()? {
         match arg {
             Long("state") => state = Some(PathBuf::from(p.value()?)),
-            Long("org-name") => org_name = string_value(p, "org-name")?,
-            Long("tunnel-name") => tunnel_name = string_value(p, "tunnel-name")?,
+            Long("org-name") => org_name = text_value(p, "org-name")?,
+            Long("tunnel-name") => tunnel_name = text_value(p, "tunnel-name")?,
             Long("help") | Short('h') => return Ok(Ok(Outcome::Help(INIT_USAGE))),
             other => return Err(Usage(format!("init: unexpected {}", describe(&other)))),
         }
@@ -385,9 +396,9 @@ fn tunnel(p: &mut lexopt::Parser, out: &mut dyn Write) -> Run {
     while let Some(arg) = p.next()? {
         match arg {
             Long("state") => state = Some(PathBuf::from(p.value()?)),
-            Long("name") if action == "create" => name = Some(string_value(p, "name")?),
+            Long("name") if action == "create" => name = Some(text_value(p, "name")?),
             Long("description") if action == "create" => {
-                description = Some(string_value(p, "description")?)
+                description = Some(text_value(p, "description")?)
             }
             Long("org") if action == "create" => org = Some(string_value(p, "org")?),
             Long("help") | Short('h') => return Ok(Ok(Outcome::Help(TUNNEL_USAGE))),
@@ -668,7 +679,7 @@ fn org(p: &mut lexopt::Parser, out: &mut dyn Write) -> Run {
     while let Some(arg) = p.next()? {
         match arg {
             Long("state") => state = Some(PathBuf::from(p.value()?)),
-            Long("name") if action == "create" => name = Some(string_value(p, "name")?),
+            Long("name") if action == "create" => name = Some(text_value(p, "name")?),
             Long("help") | Short('h') => return Ok(Ok(Outcome::Help(ORG_USAGE))),
             other => {
                 return Err(Usage(format!(
@@ -825,6 +836,7 @@ mod tests {
     #[test]
     fn usage_errors_exit_2() {
         let l = "127.0.0.1:1";
+        let long = "n".repeat(257);
         for a in [
             &["bogus"][..],
             &["init"],
@@ -849,6 +861,8 @@ mod tests {
                 "5",
             ],
             &["tunnel", "delete", "--state", "/x", "not-a-tunnel"],
+            &["tunnel", "create", "--state", "/x", "--name", "a\nb"],
+            &["init", "--state", "/x", "--tunnel-name", &long],
         ] {
             assert_eq!(code(a), 2, "{a:?}");
         }
