@@ -1834,3 +1834,43 @@ fn two_megabyte_result_passes_through_unchanged() {
     assert_eq!(r.status, 200);
     assert!(r.body == fin.as_bytes(), "2 MB body differs");
 }
+
+#[test]
+fn sse_client_leaving_mid_stream_cancels_the_command() {
+    let relay = Relay::start();
+    let agent = relay.agent();
+    agent.hello();
+    let auth = format!("Bearer {}", relay.connector);
+    let mut s = raw_post(
+        &relay,
+        &format!("/v1/mcp/{}", relay.tunnel),
+        &[
+            ("Authorization", &auth),
+            ("Accept", "text/event-stream, application/json"),
+        ],
+        CALL,
+    );
+    let c = agent.take(1).remove(0);
+    let n1 = r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progress":1}}"#;
+    assert_eq!(
+        agent
+            .answer(&c, "jsonrpc_notify", 200, Some(n1), "{}")
+            .status,
+        200
+    );
+    let mut acc = Vec::new();
+    read_until(&mut s, &mut acc, n1);
+    drop(s);
+    wait_until("the agent learns the client left", || {
+        agent
+            .answer(&c, "jsonrpc_notify", 200, Some(n1), "{}")
+            .status
+            == 404
+    });
+    wait_until("audited as closed by the client", || {
+        relay
+            .audit_lines()
+            .iter()
+            .any(|l| l.contains("\"status\":499"))
+    });
+}
