@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use async_io::Timer;
 use miniserde::{json, Serialize};
+use smol::channel::TrySendError;
 use smol::future;
 
 use super::hub::{bearer_of, error_response, header, Hub};
@@ -359,8 +360,15 @@ pub async fn respond(hub: Rc<Hub>, req: Request, tunnel_id: String) -> Response 
         headers,
         body: body.map(<[u8]>::to_vec),
     };
-    // Waits while the client's stream is backed up: back-pressure, not buffering.
-    if sender.send(post).await.is_err() {
+    // Usually there is room and the hand-over is immediate, so a POST dropped
+    // midway cannot lose an answer already taken off the pending map. Otherwise
+    // wait while the client's stream is backed up: back-pressure, not buffering.
+    let delivered = match sender.try_send(post) {
+        Ok(()) => true,
+        Err(TrySendError::Full(post)) => sender.send(post).await.is_ok(),
+        Err(TrySendError::Closed(_)) => false,
+    };
+    if !delivered {
         return post_error(&hub, &PostError::NotFound);
     }
     hub.metrics.count(ep, 200, "");
