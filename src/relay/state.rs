@@ -655,6 +655,18 @@ mod tests {
     }
 
     #[test]
+    fn optional_fields_may_be_absent() {
+        let d = tmpdir("optional");
+        let sd = StateDir::new(&d);
+        sd.init(&sample()).unwrap();
+        let text = fs::read_to_string(sd.file()).unwrap().replace(",\"revoked_at\":null", "");
+        assert!(!text.contains("revoked_at"));
+        fs::write(sd.file(), text).unwrap();
+        assert_eq!(sd.load().unwrap(), sample());
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
     fn tunnel_id_format() {
         assert!(is_tunnel_id(&format!("tunnel_{}", "a1".repeat(16))));
         assert!(!is_tunnel_id(&format!("tunnel_{}", "A1".repeat(16))));
