@@ -1657,6 +1657,7 @@ fn serve_mcp(mut s: TcpStream) {
 }
 
 #[test]
+#[cfg(feature = "agent")]
 fn real_agent_end_to_end() {
     let relay = Relay::start();
     let mcp = fake_mcp_server();
