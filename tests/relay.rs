@@ -1581,153 +1581,156 @@ fn binary_usage_errors_name_the_flag() {
 
 // ---------------------------------------------------------------------------
 // Our own agent between the relay and a small MCP server.
-
-/// A minimal Streamable HTTP MCP server: `tools/call` answers as an SSE stream
-/// (one progress notification, then the result), other requests as JSON,
-/// notifications 202, DELETE 200.
-fn fake_mcp_server() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            thread::spawn(move || serve_mcp(s));
-        }
-    });
-    addr
-}
-
-fn serve_mcp(mut s: TcpStream) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let len: usize = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-length:")
-                .map(|v| v.trim().parse().unwrap_or(0))
-        })
-        .unwrap_or(0);
-    while buf.len() < head_end + len {
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-    let body = &buf[head_end..head_end + len];
-    let reply = |s: &mut TcpStream, status: &str, ctype: &str, body: &str| {
-        let _ = write!(s, "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nMcp-Session-Id: sess-e2e\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
-    };
-    if head.starts_with("DELETE") {
-        return reply(&mut s, "200 OK", "text/plain", "");
-    }
-    let limits = mcp_tunnel::proto::json::Limits::default();
-    let Ok(info) = mcp_tunnel::proto::jsonrpc::inspect(body, &limits) else {
-        return reply(&mut s, "400 Bad Request", "text/plain", "bad");
-    };
-    let Some(id) = info
-        .id_bytes(body)
-        .map(|b| String::from_utf8_lossy(b).to_string())
-    else {
-        return reply(&mut s, "202 Accepted", "text/plain", "");
-    };
-    let method = info.method.unwrap_or_default();
-    if method == "tools/call" {
-        let progress = r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}}"#;
-        let result = format!(
-            r#"{{"jsonrpc":"2.0","id":{id},"result":{{"content":[{{"type":"text","text":"called"}}]}}}}"#
-        );
-        let _ = write!(
-            s,
-            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nMcp-Session-Id: sess-e2e\r\nConnection: close\r\n\r\nevent: message\ndata: {progress}\n\nevent: message\ndata: {result}\n\n"
-        );
-        return;
-    }
-    let result = format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{{"method":"{method}"}}}}"#);
-    reply(&mut s, "200 OK", "application/json", &result);
-}
-
-#[test]
 #[cfg(feature = "agent")]
-fn real_agent_end_to_end() {
-    let relay = Relay::start();
-    let mcp = fake_mcp_server();
-    let child = std::process::Command::new(BIN)
-        .args([
-            "agent",
-            "--control-plane.base-url",
-            &relay.url(""),
-            "--control-plane.tunnel-id",
-            &relay.tunnel,
-            "--control-plane.api-key",
-            &relay.runtime,
-            "--control-plane.poll-timeout",
-            "2s",
-            "--mcp.server-url",
-            &format!("http://{mcp}/mcp"),
-            "--health.listen-addr",
-            "off",
-            "--log.level",
-            "warn",
-        ])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn agent");
-    let _agent = Child(child);
-    let ping = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
-    let mut r = mcp_post(&relay.mcp_url(), &relay.connector, ping);
-    wait_until("the agent connected", || {
-        r = mcp_post(&relay.mcp_url(), &relay.connector, ping);
-        r.status != 503
-    });
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(
-        r.text(),
-        r#"{"jsonrpc":"2.0","id":1,"result":{"method":"ping"}}"#
-    );
-    assert_eq!(r.header("mcp-session-id"), Some("sess-e2e"));
-    // tools/call streams: progress first, then the result.
-    let auth = format!("Bearer {}", relay.connector);
-    let call_body = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"t","_meta":{"progressToken":1}}}"#;
-    let r = call(
-        "POST",
-        &relay.mcp_url(),
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "application/json"),
-            ("Accept", "application/json, text/event-stream"),
-        ],
-        Some(call_body.as_bytes()),
-    );
-    assert_eq!(r.status, 200);
-    assert_eq!(r.header("content-type"), Some("text/event-stream"));
-    let text = r.text();
-    let p = text.find("notifications/progress").expect("progress event");
-    let f = text.find(r#""id":2,"result""#).expect("final event");
-    assert!(p < f, "{text}");
-    // A notification, then the session's end.
-    let r = mcp_post(
-        &relay.mcp_url(),
-        &relay.connector,
-        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
-    );
-    assert_eq!(r.status, 202);
-    let r = call(
-        "DELETE",
-        &relay.mcp_url(),
-        &[("Authorization", &auth), ("Mcp-Session-Id", "sess-e2e")],
-        None,
-    );
-    assert_eq!(r.status, 200);
+mod with_agent {
+    use super::*;
+
+    /// A minimal Streamable HTTP MCP server: `tools/call` answers as an SSE stream
+    /// (one progress notification, then the result), other requests as JSON,
+    /// notifications 202, DELETE 200.
+    fn fake_mcp_server() -> SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                thread::spawn(move || serve_mcp(s));
+            }
+        });
+        addr
+    }
+
+    fn serve_mcp(mut s: TcpStream) {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap_or(0))
+            })
+            .unwrap_or(0);
+        while buf.len() < head_end + len {
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let body = &buf[head_end..head_end + len];
+        let reply = |s: &mut TcpStream, status: &str, ctype: &str, body: &str| {
+            let _ = write!(s, "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nMcp-Session-Id: sess-e2e\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        };
+        if head.starts_with("DELETE") {
+            return reply(&mut s, "200 OK", "text/plain", "");
+        }
+        let limits = mcp_tunnel::proto::json::Limits::default();
+        let Ok(info) = mcp_tunnel::proto::jsonrpc::inspect(body, &limits) else {
+            return reply(&mut s, "400 Bad Request", "text/plain", "bad");
+        };
+        let Some(id) = info
+            .id_bytes(body)
+            .map(|b| String::from_utf8_lossy(b).to_string())
+        else {
+            return reply(&mut s, "202 Accepted", "text/plain", "");
+        };
+        let method = info.method.unwrap_or_default();
+        if method == "tools/call" {
+            let progress = r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}}"#;
+            let result = format!(
+                r#"{{"jsonrpc":"2.0","id":{id},"result":{{"content":[{{"type":"text","text":"called"}}]}}}}"#
+            );
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nMcp-Session-Id: sess-e2e\r\nConnection: close\r\n\r\nevent: message\ndata: {progress}\n\nevent: message\ndata: {result}\n\n"
+            );
+            return;
+        }
+        let result = format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{{"method":"{method}"}}}}"#);
+        reply(&mut s, "200 OK", "application/json", &result);
+    }
+
+    #[test]
+    fn real_agent_end_to_end() {
+        let relay = Relay::start();
+        let mcp = fake_mcp_server();
+        let child = std::process::Command::new(BIN)
+            .args([
+                "agent",
+                "--control-plane.base-url",
+                &relay.url(""),
+                "--control-plane.tunnel-id",
+                &relay.tunnel,
+                "--control-plane.api-key",
+                &relay.runtime,
+                "--control-plane.poll-timeout",
+                "2s",
+                "--mcp.server-url",
+                &format!("http://{mcp}/mcp"),
+                "--health.listen-addr",
+                "off",
+                "--log.level",
+                "warn",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn agent");
+        let _agent = Child(child);
+        let ping = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+        let mut r = mcp_post(&relay.mcp_url(), &relay.connector, ping);
+        wait_until("the agent connected", || {
+            r = mcp_post(&relay.mcp_url(), &relay.connector, ping);
+            r.status != 503
+        });
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(
+            r.text(),
+            r#"{"jsonrpc":"2.0","id":1,"result":{"method":"ping"}}"#
+        );
+        assert_eq!(r.header("mcp-session-id"), Some("sess-e2e"));
+        // tools/call streams: progress first, then the result.
+        let auth = format!("Bearer {}", relay.connector);
+        let call_body = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"t","_meta":{"progressToken":1}}}"#;
+        let r = call(
+            "POST",
+            &relay.mcp_url(),
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+                ("Accept", "application/json, text/event-stream"),
+            ],
+            Some(call_body.as_bytes()),
+        );
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("content-type"), Some("text/event-stream"));
+        let text = r.text();
+        let p = text.find("notifications/progress").expect("progress event");
+        let f = text.find(r#""id":2,"result""#).expect("final event");
+        assert!(p < f, "{text}");
+        // A notification, then the session's end.
+        let r = mcp_post(
+            &relay.mcp_url(),
+            &relay.connector,
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        );
+        assert_eq!(r.status, 202);
+        let r = call(
+            "DELETE",
+            &relay.mcp_url(),
+            &[("Authorization", &auth), ("Mcp-Session-Id", "sess-e2e")],
+            None,
+        );
+        assert_eq!(r.status, 200);
+    }
 }
 
 #[test]
