@@ -12,7 +12,7 @@
 //! | `audit` | one JSON line per MCP request, no payloads or secrets |
 //! | `metrics` | counters and gauges for the metrics exporter |
 //! | `server` | route table, listener (TCP or TLS), state reload, drain |
-//! | `cli` | `mcp-tunnel relay init|serve|tunnel|key|org` |
+//! | `cli` | `mcp-tunnel relay` init, serve, tunnel, key, org |
 
 pub mod audit;
 pub mod auth;

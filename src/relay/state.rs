@@ -659,7 +659,9 @@ mod tests {
         let d = tmpdir("optional");
         let sd = StateDir::new(&d);
         sd.init(&sample()).unwrap();
-        let text = fs::read_to_string(sd.file()).unwrap().replace(",\"revoked_at\":null", "");
+        let text = fs::read_to_string(sd.file())
+            .unwrap()
+            .replace(",\"revoked_at\":null", "");
         assert!(!text.contains("revoked_at"));
         fs::write(sd.file(), text).unwrap();
         assert_eq!(sd.load().unwrap(), sample());
