@@ -6,6 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
+use ureq::unversioned::transport::DefaultConnector;
+
+use super::resolver::CachingResolver;
 
 /// The OS trust store, loaded once per agent. Unreadable entries are skipped:
 /// one bad certificate file must not take every TLS connection down.
@@ -46,7 +49,7 @@ pub struct ClientOptions {
 /// nobody configured) and ignores proxy environment variables until proxies are
 /// configured explicitly.
 pub fn agent(opts: &ClientOptions, tls: TlsConfig) -> ureq::Agent {
-    ureq::Agent::config_builder()
+    let config = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .max_redirects(0)
         .proxy(None)
@@ -56,8 +59,12 @@ pub fn agent(opts: &ClientOptions, tls: TlsConfig) -> ureq::Agent {
         .max_idle_connections(opts.max_idle)
         .max_idle_connections_per_host(opts.max_idle)
         .max_idle_age(opts.max_idle_age)
-        .build()
-        .new_agent()
+        .build();
+    ureq::Agent::with_parts(
+        config,
+        DefaultConnector::default(),
+        CachingResolver::default(),
+    )
 }
 
 /// Both agents share one trust store load.

@@ -16,6 +16,7 @@ pub mod poller;
 pub mod post;
 pub mod random;
 pub mod readiness;
+pub mod resolver;
 pub mod runtime;
 pub mod secret;
 pub mod startup;
