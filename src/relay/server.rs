@@ -226,7 +226,10 @@ impl Server {
         .detach();
         let handler: Rc<dyn Handler> = Rc::new(Router::new(hub));
         let ex2 = ex.clone();
-        future::block_on(ex.run(async move {
+        // async-io's block_on waits in the reactor itself; a plain block_on would
+        // park this thread and leave epoll to async-io's helper thread, adding a
+        // cross-thread wake-up (two context switches) to every socket event.
+        async_io::block_on(ex.run(async move {
             match tls {
                 Some(tls) => {
                     tls_listener::serve_tls(listener, tls, handler, limits, ex2, shutdown).await
