@@ -168,8 +168,10 @@ pub(crate) fn members(
         return Err(JsonError::TooDeep);
     }
     let inner_depth = limits.max_depth - 1;
-    let mut out = Vec::new();
-    let mut seen: HashSet<String> = HashSet::new();
+    let mut out: Vec<(String, Range<usize>)> = Vec::new();
+    // Objects here have a handful of keys: comparing with the ones already
+    // read is cheaper than hashing; big objects switch to a set.
+    let mut seen: Option<HashSet<String>> = None;
     i = skip_ws(bytes, i + 1);
     if bytes.get(i) == Some(&b'}') {
         return expect_end(bytes, i + 1).map(|()| out);
@@ -194,7 +196,7 @@ pub(crate) fn members(
         if out.len() >= max_items {
             return Err(JsonError::TooManyItems { max: max_items });
         }
-        if mode.unique_keys && !seen.insert(key.clone()) {
+        if mode.unique_keys && is_duplicate(&key, &out, &mut seen) {
             return Err(JsonError::DuplicateKey(truncate_key(key)));
         }
         out.push((key, vstart..vend));
@@ -211,6 +213,21 @@ pub(crate) fn members(
             }
         }
     }
+}
+
+/// Keys up to this count are checked for duplicates by comparison.
+const LINEAR_KEYS: usize = 16;
+
+fn is_duplicate(
+    key: &str,
+    out: &[(String, Range<usize>)],
+    seen: &mut Option<HashSet<String>>,
+) -> bool {
+    if out.len() < LINEAR_KEYS {
+        return out.iter().any(|(k, _)| k == key);
+    }
+    let set = seen.get_or_insert_with(|| out.iter().map(|(k, _)| k.clone()).collect());
+    !set.insert(key.to_string())
 }
 
 pub(crate) fn elements(
@@ -458,6 +475,7 @@ pub(crate) fn scan_string(bytes: &[u8], i: usize, utf8: bool) -> Result<usize, J
     let mut j = i + 1;
     let mut run_start = j;
     loop {
+        j = skip_plain(bytes, j);
         let Some(&b) = bytes.get(j) else {
             return Err(JsonError::Truncated);
         };
@@ -484,6 +502,41 @@ pub(crate) fn scan_string(bytes: &[u8], i: usize, utf8: bool) -> Result<usize, J
             _ => j += 1,
         }
     }
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// Whether any byte of `w` is below `n` (n <= 128); exact for "any".
+fn any_below(w: u64, n: u8) -> bool {
+    w.wrapping_sub(ONES * u64::from(n)) & !w & HIGHS != 0
+}
+
+/// Whether any byte of `w` equals `b`.
+fn any_equal(w: u64, b: u8) -> bool {
+    any_below(w ^ (ONES * u64::from(b)), 1)
+}
+
+/// Index of the first byte at or after `j` that ends a run of plain string
+/// bytes (a quote, a backslash or a control character), or `bytes.len()`.
+/// Plain bytes are the bulk of every string: eight at a time, then one by one.
+fn skip_plain(bytes: &[u8], mut j: usize) -> usize {
+    while let Some(chunk) = bytes.get(j..j + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(word);
+        if any_below(w, 0x20) || any_equal(w, b'"') || any_equal(w, b'\\') {
+            break;
+        }
+        j += 8;
+    }
+    while let Some(&b) = bytes.get(j) {
+        if b == b'"' || b == b'\\' || b < 0x20 {
+            break;
+        }
+        j += 1;
+    }
+    j
 }
 
 fn check_utf8(bytes: &[u8], from: usize, to: usize) -> Result<(), JsonError> {
@@ -581,10 +634,13 @@ fn unescape(inner: &[u8]) -> String {
     let mut out: Vec<u8> = Vec::with_capacity(inner.len());
     let mut i = 0;
     while i < inner.len() {
-        let b = inner[i];
-        if b != b'\\' {
-            out.push(b);
-            i += 1;
+        if inner[i] != b'\\' {
+            let run = inner[i..]
+                .iter()
+                .position(|&b| b == b'\\')
+                .unwrap_or(inner.len() - i);
+            out.extend_from_slice(&inner[i..i + run]);
+            i += run;
             continue;
         }
         let esc = inner.get(i + 1).copied().unwrap_or(b'\\');
@@ -976,6 +1032,53 @@ mod tests {
             let _ = array_elements(&input, &l);
             let _ = parse_string(&input);
             let _ = parse_u64(&input);
+        }
+    }
+
+    #[test]
+    fn skip_plain_stops_where_the_byte_loop_would() {
+        let slow = |b: &[u8], mut j: usize| {
+            while j < b.len() && !(b[j] == b'"' || b[j] == b'\\' || b[j] < 0x20) {
+                j += 1;
+            }
+            j
+        };
+        // Every stop byte (and bytes around the thresholds) at every offset of a word.
+        for stop in [
+            0u8, 0x1f, b'"', b'\\', 0x20, 0x21, 0x5b, 0x5d, 0x7f, 0x80, 0xff,
+        ] {
+            for at in 0..20 {
+                for start in 0..3 {
+                    let mut v = vec![b'a'; 24];
+                    v[17] = 0xc3; // a non-ASCII byte is plain too
+                    v[at] = stop;
+                    assert_eq!(skip_plain(&v, start), slow(&v, start), "{stop:#x} at {at}");
+                }
+            }
+        }
+        assert_eq!(skip_plain(b"", 0), 0);
+        assert_eq!(skip_plain(b"abc", 3), 3);
+    }
+
+    #[test]
+    fn duplicate_keys_are_found_past_the_linear_range() {
+        let mut obj = String::from("{");
+        for k in 0..40 {
+            obj.push_str(&format!("\"k{k}\":{k},"));
+        }
+        let ok = format!("{}}}", obj.trim_end_matches(','));
+        assert_eq!(
+            object_members(ok.as_bytes(), &Limits::default())
+                .unwrap()
+                .len(),
+            40
+        );
+        for dup in ["k3", "k39"] {
+            let bad = format!("{obj}\"{dup}\":0}}");
+            assert!(matches!(
+                object_members(bad.as_bytes(), &Limits::default()),
+                Err(JsonError::DuplicateKey(k)) if k == dup
+            ));
         }
     }
 }
