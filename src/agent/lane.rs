@@ -18,6 +18,7 @@ impl Lane {
         let (tx, rx) = bounded::<Job>(2);
         std::thread::Builder::new()
             .name(name.to_string())
+            .stack_size(super::workers::WORKER_STACK)
             .spawn(move || {
                 // Ends when the Lane (sender) is dropped.
                 while let Ok(job) = rx.recv_blocking() {
