@@ -1,7 +1,7 @@
 # mcp-tunnel — see README.md
 CARGO ?= cargo
 
-.PHONY: all build run test bench lint
+.PHONY: all build run test bench bench-alloc lint
 
 all: build
 
@@ -14,3 +14,7 @@ lint:
 
 test: lint
 	$(CARGO) test
+
+# Allocation discipline: bytes per command must not grow, bursts leave nothing behind.
+bench-alloc:
+	$(CARGO) test --release --test alloc_discipline -- --ignored --nocapture
