@@ -66,6 +66,19 @@ pub fn agents(cp: &ClientOptions, mcp: &ClientOptions) -> (ureq::Agent, ureq::Ag
     (agent(cp, tls.clone()), agent(mcp, tls))
 }
 
+/// The control-plane agent and one MCP agent per HTTP target, sharing one
+/// trust store load. Separate agents mean separate connection pools: a
+/// connection opened for one channel's origin is never reused for another.
+pub fn agents_per_target(
+    cp: &ClientOptions,
+    mcp: &ClientOptions,
+    targets: usize,
+) -> (ureq::Agent, Vec<ureq::Agent>) {
+    let tls = tls_config();
+    let per_target = (0..targets).map(|_| agent(mcp, tls.clone())).collect();
+    (agent(cp, tls), per_target)
+}
+
 /// Bodies up to this size are read to the end to keep the connection.
 const MAX_DRAIN: u64 = 64 * 1024;
 
