@@ -2,6 +2,7 @@
 
 pub mod http_server;
 pub mod proxy;
+pub mod tls_client;
 
 #[cfg(feature = "relay")]
 pub mod tls_listener;
