@@ -7,8 +7,10 @@ use crate::proto::failure::{FailureSource, TransportErrorKind, TunnelFailure};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProxyFailure {
-    /// 407: the proxy wants (other) credentials.
-    AuthRequired,
+    /// 407 (or 401, which tinyproxy sends for a wrong password): the proxy
+    /// wants credentials, or other ones. On CONNECT the only credentials sent
+    /// are the proxy's, so both mean the same thing.
+    Auth(u16),
     /// The proxy answered CONNECT with another non-200 status (403 = policy).
     Refused(u16),
     /// The proxy closed or stalled without an answer to CONNECT.
@@ -18,9 +20,10 @@ pub enum ProxyFailure {
 impl ProxyFailure {
     pub fn reason(&self) -> String {
         match self {
-            ProxyFailure::AuthRequired => "proxy answered 407 Proxy Authentication Required: \
-                 check the user and password in the proxy URL"
-                .to_string(),
+            ProxyFailure::Auth(s) => format!(
+                "proxy authentication failed ({s} to CONNECT): the proxy URL has no or wrong \
+                 user:password (percent-encode special characters)"
+            ),
             ProxyFailure::Refused(403) => {
                 "proxy answered 403 to CONNECT: its policy forbids this destination or port"
                     .to_string()
@@ -33,7 +36,7 @@ impl ProxyFailure {
     /// Short stable code for readiness and metrics.
     pub fn code(&self) -> &'static str {
         match self {
-            ProxyFailure::AuthRequired => "proxy_auth_required",
+            ProxyFailure::Auth(_) => "proxy_auth_failed",
             ProxyFailure::Refused(_) => "proxy_refused",
             ProxyFailure::NoAnswer => "proxy_no_answer",
         }
@@ -62,7 +65,7 @@ pub fn proxy_failure(e: &ureq::Error) -> Option<ProxyFailure> {
         .and_then(|rest| rest.get(..3))
         .and_then(|s| s.parse::<u16>().ok());
     Some(match status {
-        Some(407) => ProxyFailure::AuthRequired,
+        Some(s @ (401 | 407)) => ProxyFailure::Auth(s),
         Some(s) => ProxyFailure::Refused(s),
         None => ProxyFailure::NoAnswer,
     })
@@ -80,7 +83,11 @@ mod tests {
     fn statuses_from_ureq_text() {
         assert_eq!(
             of("proxy server responded 407/Proxy Authentication Required"),
-            Some(ProxyFailure::AuthRequired)
+            Some(ProxyFailure::Auth(407))
+        );
+        assert_eq!(
+            of("proxy server responded 401/401"),
+            Some(ProxyFailure::Auth(401))
         );
         assert_eq!(
             of("proxy server responded 403/Forbidden"),
@@ -104,10 +111,11 @@ mod tests {
 
     #[test]
     fn reasons_and_protocol_source() {
-        assert!(ProxyFailure::AuthRequired.reason().contains("407"));
+        assert!(ProxyFailure::Auth(407).reason().contains("407"));
+        assert!(ProxyFailure::Auth(401).reason().contains("user:password"));
         assert!(ProxyFailure::Refused(403).to_string().contains("403"));
-        assert_eq!(ProxyFailure::AuthRequired.code(), "proxy_auth_required");
-        let f = ProxyFailure::AuthRequired.tunnel_failure();
+        assert_eq!(ProxyFailure::Auth(407).code(), "proxy_auth_failed");
+        let f = ProxyFailure::Auth(407).tunnel_failure();
         assert_eq!(f.source, FailureSource::Connect);
         assert!(!f.upstream_response_received());
     }
