@@ -5,4 +5,5 @@
 
 pub mod pki;
 pub mod server;
+pub mod tinyproxy;
 pub mod tools;
