@@ -294,3 +294,105 @@ fn unusable_bundles_name_the_file_and_reason() {
     .unwrap_err();
     assert!(matches!(e, TlsError::KeyMismatch { .. }));
 }
+
+/// The relay's own TLS listener (`net::tls_listener::serve_tls`) as the server.
+#[cfg(feature = "relay")]
+mod relay_listener {
+    use super::*;
+    use std::net::{SocketAddr, TcpListener};
+    use std::rc::Rc;
+    use std::sync::mpsc;
+
+    use async_io::Async;
+    use mcp_tunnel::net::http_server::{Limits, Request, Response};
+    use mcp_tunnel::net::tls_listener::{serve_tls, server_config, ClientAuth};
+    use mcp_tunnel::ops::shutdown::Shutdown;
+    use smol::LocalExecutor;
+
+    struct Relay {
+        addr: SocketAddr,
+        shutdown: Shutdown,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl Drop for Relay {
+        fn drop(&mut self) {
+            self.shutdown.trigger();
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    /// Answers `client cert` or `no client cert` after what the TLS layer saw.
+    fn start(cert: &Path, key: &Path, auth: ClientAuth) -> Relay {
+        let tls = server_config(cert, key, &auth).expect("server config");
+        let shutdown = Shutdown::new();
+        let server_shutdown = shutdown.clone();
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let ex = Rc::new(LocalExecutor::new());
+            let listener = Async::<TcpListener>::bind(([127, 0, 0, 1], 0)).expect("bind");
+            tx.send(listener.get_ref().local_addr().expect("addr"))
+                .expect("send");
+            let handler = Rc::new(|req: Request| async move {
+                let body = match req.client_cert {
+                    Some(_) => "client cert",
+                    None => "no client cert",
+                };
+                Response::json(200, body.as_bytes().to_vec())
+            });
+            smol::block_on(ex.run(serve_tls(
+                listener,
+                tls,
+                handler,
+                Limits::default(),
+                ex.clone(),
+                server_shutdown,
+            )));
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("relay did not start");
+        Relay {
+            addr,
+            shutdown,
+            thread: Some(thread),
+        }
+    }
+
+    #[test]
+    fn mtls_to_the_relay_listener() {
+        let Some(p) = pki("mtls_to_the_relay_listener") else {
+            return;
+        };
+        let t = trust(Some(&p.ca));
+        let url = |r: &Relay| format!("https://{}/", r.addr);
+
+        let required = start(&p.server.0, &p.server.1, ClientAuth::Required(p.ca.clone()));
+        assert_eq!(
+            get(&url(&required), t.config(None)),
+            Err(Some(TlsFailure::ClientCertRequired))
+        );
+        let id = identity(&p.client_pkcs1);
+        assert_eq!(
+            get(&url(&required), t.config(Some(&id))).as_deref(),
+            Ok("client cert")
+        );
+        let untrusted = identity(&p.client_untrusted);
+        assert_eq!(
+            get(&url(&required), t.config(Some(&untrusted))),
+            Err(Some(TlsFailure::ClientCertRejected))
+        );
+
+        let optional = start(&p.server.0, &p.server.1, ClientAuth::Optional(p.ca.clone()));
+        assert_eq!(
+            get(&url(&optional), t.config(None)).as_deref(),
+            Ok("no client cert")
+        );
+        assert_eq!(
+            get(&url(&optional), t.config(Some(&id))).as_deref(),
+            Ok("client cert")
+        );
+    }
+}
