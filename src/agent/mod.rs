@@ -1,2 +1,52 @@
 //! The agent runtime: poll the control plane, forward each command to the MCP
 //! target, post the answers back.
+//!
+//! Threads: the async loop (single-threaded smol executor: polling decisions,
+//! signals, health), one poll thread (the blocking long poll), one probe thread,
+//! and `max-concurrent-requests` workers (MCP calls and response posts).
+
+pub mod client;
+pub mod config;
+pub mod control_plane;
+pub mod dispatch;
+pub mod drain;
+pub mod health;
+pub mod lane;
+pub mod poller;
+pub mod post;
+pub mod random;
+pub mod readiness;
+pub mod runtime;
+pub mod secret;
+pub mod startup;
+pub mod target;
+pub mod target_http;
+pub mod workers;
+
+use std::ffi::OsString;
+
+/// `mcp-tunnel agent …` (alias `run`); returns the exit code.
+pub fn cli_main(args: Vec<OsString>) -> i32 {
+    let env = |name: &str| std::env::var(name).ok();
+    let cfg = match config::parse(args, &env) {
+        Ok(config::Parsed::Run(cfg)) => cfg,
+        Ok(config::Parsed::Help) => {
+            print!("{}", config::help());
+            return 0;
+        }
+        Err(e) => {
+            eprintln!("mcp-tunnel agent: {e}");
+            return 2;
+        }
+    };
+    crate::ops::log::init(cfg.log_level, cfg.log_format);
+    let shutdown = crate::ops::shutdown::Shutdown::new();
+    runtime::run(
+        *cfg,
+        shutdown,
+        runtime::RunOptions {
+            signals: true,
+            readiness: None,
+        },
+    )
+}

@@ -1,4 +1,5 @@
 //! Operations: logging, health, metrics.
 
+pub mod log;
 pub mod prom;
 pub mod shutdown;

@@ -1,0 +1,417 @@
+//! The control-plane client: URLs, the headers sent on every request, the
+//! runtime key (re-read from its file on 401), the startup metadata check and
+//! the long poll. Response POSTs live in `post.rs`.
+
+use std::io::Read;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::client::drain;
+use super::config::AgentConfig;
+use super::secret::{Secret, SecretSource};
+use crate::proto::channel::Channel;
+use crate::proto::command::{decode_poll, Decoded, PollLimits};
+use crate::proto::error_body;
+use crate::proto::retry::parse_retry_after;
+
+pub const CLIENT_NAME: &str = "mcp-tunnel";
+pub const CLIENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The reference client's guard on top of the requested poll wait.
+pub const POLL_GUARD: Duration = Duration::from_secs(5);
+/// Startup metadata and small requests.
+pub const SHORT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Error bodies are read only for their `code`; more than this is not an error body.
+pub const MAX_ERROR_BODY: u64 = 64 * 1024;
+
+/// The runtime key and where it came from.
+pub struct KeyStore {
+    source: SecretSource,
+    current: Mutex<Secret>,
+}
+
+impl KeyStore {
+    pub fn new(source: SecretSource, initial: Secret) -> KeyStore {
+        KeyStore {
+            source,
+            current: Mutex::new(initial),
+        }
+    }
+
+    pub fn current(&self) -> Secret {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Re-reads a key file after a 401, so a rotated key is used without a
+    /// restart. Returns true when the key changed.
+    pub fn reload(&self) -> bool {
+        if !self.source.is_reloadable() {
+            return false;
+        }
+        let env = |n: &str| std::env::var(n).ok();
+        match self.source.resolve(&env) {
+            Ok(fresh) => {
+                let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
+                if *cur == fresh {
+                    false
+                } else {
+                    log::info!("control plane key file changed; using the new key");
+                    *cur = fresh;
+                    true
+                }
+            }
+            Err(e) => {
+                log::warn!("cannot re-read the control plane key file: {e}");
+                false
+            }
+        }
+    }
+}
+
+pub struct ControlPlane {
+    pub(crate) agent: ureq::Agent,
+    /// `{base}{path}/v1/tunnels/{id}`
+    tunnel_url: String,
+    pub(crate) key: KeyStore,
+    instance_id: String,
+    server_info: String,
+    organization: Option<String>,
+    poll_channels: Vec<Channel>,
+    poll_timeout: Duration,
+    poll_buf: Mutex<Vec<u8>>,
+    poll_limits: PollLimits,
+}
+
+/// What one poll produced.
+pub enum PollResult {
+    /// `receipt` was taken when the response head arrived, before the body was read.
+    Batch {
+        receipt: Instant,
+        commands: Vec<Decoded>,
+    },
+    Idle,
+    Failed(PollFailure),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PollFailure {
+    /// Network error or timeout; no response.
+    Network(String),
+    /// An HTTP status that is retried (429, 5xx, other 4xx).
+    Status {
+        status: u16,
+        code: Option<String>,
+        retry_after: Option<Duration>,
+    },
+    /// 401/403: needs the operator.
+    Auth { status: u16, code: Option<String> },
+    /// 404: the tunnel does not exist.
+    NotFound { code: Option<String> },
+    /// A 200 whose body is unusable (malformed, too large, truncated).
+    Body(String),
+}
+
+impl std::fmt::Display for PollFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let code = |c: &Option<String>| c.as_deref().map(|c| format!(" ({c})")).unwrap_or_default();
+        match self {
+            PollFailure::Network(e) => write!(f, "network error: {e}"),
+            PollFailure::Status { status, code: c, .. } => write!(f, "HTTP {status}{}", code(c)),
+            PollFailure::Auth { status, code: c } => write!(
+                f,
+                "HTTP {status}{}: the control plane rejected the API key; check --control-plane.api-key (CONTROL_PLANE_API_KEY) and the key's access to this tunnel",
+                code(c)
+            ),
+            PollFailure::NotFound { code: c } => write!(
+                f,
+                "HTTP 404{}: the tunnel does not exist; check --control-plane.tunnel-id (CONTROL_PLANE_TUNNEL_ID)",
+                code(c)
+            ),
+            PollFailure::Body(e) => write!(f, "unusable poll body: {e}"),
+        }
+    }
+}
+
+/// Why the startup metadata check failed.
+#[derive(Debug)]
+pub enum StartupError {
+    Auth { status: u16, code: Option<String> },
+    NotFound { code: Option<String> },
+}
+
+impl std::fmt::Display for StartupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartupError::Auth { status, code } => {
+                write!(
+                    f,
+                    "{}",
+                    PollFailure::Auth {
+                        status: *status,
+                        code: code.clone()
+                    }
+                )
+            }
+            StartupError::NotFound { code } => {
+                write!(f, "{}", PollFailure::NotFound { code: code.clone() })
+            }
+        }
+    }
+}
+
+impl std::error::Error for StartupError {}
+
+impl ControlPlane {
+    pub fn new(
+        cfg: &AgentConfig,
+        agent: ureq::Agent,
+        instance_id: String,
+        server_info: String,
+    ) -> ControlPlane {
+        ControlPlane {
+            agent,
+            tunnel_url: format!(
+                "{}{}/v1/tunnels/{}",
+                cfg.base_url, cfg.url_path, cfg.tunnel_id
+            ),
+            key: KeyStore::new(cfg.api_key_source.clone(), cfg.api_key.clone()),
+            instance_id,
+            server_info,
+            organization: cfg.organization_id.clone(),
+            poll_channels: if cfg.explicit_channels {
+                cfg.channels.clone()
+            } else {
+                Vec::new()
+            },
+            poll_timeout: cfg.poll_timeout,
+            poll_buf: Mutex::new(Vec::new()),
+            poll_limits: PollLimits::default(),
+        }
+    }
+
+    pub fn tunnel_url(&self) -> &str {
+        &self.tunnel_url
+    }
+
+    /// The headers every control-plane request carries.
+    pub(crate) fn with_headers<B>(&self, req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        let key = self.key.current();
+        let mut req = req
+            .header("Authorization", format!("Bearer {}", key.expose()))
+            .header("X-Tunnel-Client-Name", CLIENT_NAME)
+            .header("X-Tunnel-Client-Version", CLIENT_VERSION)
+            .header("X-Tunnel-Client-Instance-Id", self.instance_id.as_str())
+            .header("X-Tunnel-MCP-Server-Info", self.server_info.as_str())
+            .header("Accept", "application/json");
+        if let Some(org) = &self.organization {
+            req = req.header("OpenAI-Organization", org.as_str());
+        }
+        req
+    }
+
+    /// GET /v1/tunnels/{id}. Only 401/403/404 are fatal; anything else is
+    /// logged and left to the poll loop's retries.
+    pub fn metadata(&self) -> Result<(), StartupError> {
+        let req = self
+            .with_headers(self.agent.get(&self.tunnel_url))
+            .config()
+            .timeout_global(Some(SHORT_TIMEOUT))
+            .build();
+        match req.call() {
+            Ok(mut resp) => {
+                let status = resp.status().as_u16();
+                let code = read_error_code(&mut resp);
+                match status {
+                    200..=299 => {
+                        log::info!("control plane reachable; tunnel {} found", self.tunnel_id());
+                        Ok(())
+                    }
+                    401 | 403 => {
+                        if status == 401 && self.key.reload() {
+                            return self.metadata_once_more();
+                        }
+                        Err(StartupError::Auth { status, code })
+                    }
+                    404 => Err(StartupError::NotFound { code }),
+                    _ => {
+                        log::warn!("tunnel metadata check answered HTTP {status}; polling anyway");
+                        Ok(())
+                    }
+                }
+            }
+            Err(e) => {
+                log::warn!("tunnel metadata check failed ({e}); polling anyway");
+                Ok(())
+            }
+        }
+    }
+
+    fn metadata_once_more(&self) -> Result<(), StartupError> {
+        let req = self
+            .with_headers(self.agent.get(&self.tunnel_url))
+            .config()
+            .timeout_global(Some(SHORT_TIMEOUT))
+            .build();
+        match req.call() {
+            Ok(mut resp) => {
+                let status = resp.status().as_u16();
+                let code = read_error_code(&mut resp);
+                match status {
+                    401 | 403 => Err(StartupError::Auth { status, code }),
+                    404 => Err(StartupError::NotFound { code }),
+                    _ => Ok(()),
+                }
+            }
+            Err(_) => Ok(()),
+        }
+    }
+
+    fn tunnel_id(&self) -> &str {
+        self.tunnel_url.rsplit('/').next().unwrap_or("")
+    }
+
+    /// One long poll (blocking; runs on the poll thread).
+    pub fn poll(&self, limit: usize) -> PollResult {
+        let limit = limit.clamp(1, 25);
+        let url = format!("{}/poll", self.tunnel_url);
+        let mut req = self
+            .with_headers(self.agent.get(&url))
+            .query("limit", limit.to_string())
+            .query("timeout_ms", self.poll_timeout.as_millis().to_string());
+        for c in &self.poll_channels {
+            req = req.query("channel", c.as_str());
+        }
+        let req = req
+            .config()
+            .timeout_global(Some(self.poll_timeout + POLL_GUARD))
+            .build();
+        let mut resp = match req.call() {
+            Ok(r) => r,
+            Err(e) => return PollResult::Failed(PollFailure::Network(e.to_string())),
+        };
+        // The anchor of every deadline in this batch: the head has arrived, the body is unread.
+        let receipt = Instant::now();
+        let status = resp.status().as_u16();
+        match status {
+            204 => {
+                drain(&mut resp);
+                PollResult::Idle
+            }
+            200 => {
+                let mut buf = self.poll_buf.lock().unwrap_or_else(|e| e.into_inner());
+                buf.clear();
+                let max = self.poll_limits.max_body as u64;
+                let read = resp
+                    .body_mut()
+                    .as_reader()
+                    .take(max + 1)
+                    .read_to_end(&mut buf);
+                if let Err(e) = read {
+                    return PollResult::Failed(PollFailure::Body(format!("reading the body: {e}")));
+                }
+                if buf.len() as u64 > max {
+                    shrink(&mut buf);
+                    return PollResult::Failed(PollFailure::Body(format!(
+                        "larger than {max} bytes"
+                    )));
+                }
+                let result = match decode_poll(&buf, &self.poll_limits) {
+                    Ok(commands) if commands.is_empty() => PollResult::Idle,
+                    Ok(commands) => PollResult::Batch { receipt, commands },
+                    Err(e) => PollResult::Failed(PollFailure::Body(e.to_string())),
+                };
+                shrink(&mut buf);
+                result
+            }
+            401 | 403 => {
+                let code = read_error_code(&mut resp);
+                PollResult::Failed(PollFailure::Auth { status, code })
+            }
+            404 => {
+                let code = read_error_code(&mut resp);
+                PollResult::Failed(PollFailure::NotFound { code })
+            }
+            _ => {
+                let retry_after = resp
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, SystemTime::now()));
+                let code = read_error_code(&mut resp);
+                PollResult::Failed(PollFailure::Status {
+                    status,
+                    code,
+                    retry_after,
+                })
+            }
+        }
+    }
+}
+
+/// A rare huge batch must not pin its buffer for the life of the process.
+fn shrink(buf: &mut Vec<u8>) {
+    const KEEP: usize = 1024 * 1024;
+    if buf.capacity() > KEEP {
+        buf.clear();
+        buf.shrink_to(KEEP);
+    }
+}
+
+/// The `error.code` of a control-plane error body, if any.
+pub fn read_error_code(resp: &mut ureq::http::Response<ureq::Body>) -> Option<String> {
+    let mut body = Vec::new();
+    let _ = resp
+        .body_mut()
+        .as_reader()
+        .take(MAX_ERROR_BODY)
+        .read_to_end(&mut body);
+    error_body::parse_code(&body)
+        .filter(|c| c.len() <= 128 && c.bytes().all(|b| b.is_ascii_graphic()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_file_is_reloaded_only_when_changed() {
+        let dir = std::env::temp_dir().join(format!("mcp-tunnel-keystore-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("key");
+        std::fs::write(&path, "sk-old\n").unwrap();
+        let store = KeyStore::new(
+            SecretSource::File(path.clone()),
+            Secret::new("sk-old".into()),
+        );
+        assert!(!store.reload(), "same content: no change");
+        std::fs::write(&path, "sk-new\n").unwrap();
+        assert!(store.reload());
+        assert_eq!(store.current().expose(), "sk-new");
+        std::fs::remove_file(&path).unwrap();
+        assert!(!store.reload(), "an unreadable file keeps the current key");
+        assert_eq!(store.current().expose(), "sk-new");
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        let literal = KeyStore::new(SecretSource::parse("sk-lit"), Secret::new("sk-lit".into()));
+        assert!(!literal.reload());
+    }
+
+    #[test]
+    fn poll_failures_name_the_fix() {
+        let auth = PollFailure::Auth {
+            status: 401,
+            code: Some("invalid_api_key".into()),
+        }
+        .to_string();
+        assert!(
+            auth.contains("401")
+                && auth.contains("invalid_api_key")
+                && auth.contains("CONTROL_PLANE_API_KEY")
+        );
+        let nf = PollFailure::NotFound { code: None }.to_string();
+        assert!(nf.contains("CONTROL_PLANE_TUNNEL_ID"));
+    }
+}

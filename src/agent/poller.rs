@@ -1,0 +1,188 @@
+//! The poll loop (async, on the single-threaded executor): ask for as many
+//! commands as there are free slots, hand them to the workers, back off on errors.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use smol::channel::Receiver;
+use smol::future;
+
+use super::control_plane::{ControlPlane, PollFailure, PollResult};
+use super::dispatch::Job;
+use super::lane::Lane;
+use super::random;
+use super::readiness::Readiness;
+use super::workers::Workers;
+use crate::ops::shutdown::Shutdown;
+use crate::proto::command::Decoded;
+use crate::proto::retry::Backoff;
+use crate::proto::timeout::Deadline;
+
+/// The protocol's cap on one poll's `limit`.
+pub const MAX_POLL_LIMIT: usize = 25;
+
+pub struct Poller<'a> {
+    pub cp: Arc<ControlPlane>,
+    pub lane: &'a Lane,
+    pub workers: &'a Workers,
+    pub readiness: Arc<Readiness>,
+    pub shutdown: Shutdown,
+    pub max_inflight: usize,
+    pub backoff: Backoff,
+}
+
+pub enum LoopEnd {
+    /// Shutdown requested; a poll may still be outstanding (its commands, if
+    /// any arrive during the drain, are still processed), and commands of the
+    /// last batch may still wait for a queue slot.
+    Stopped {
+        pending: Option<Receiver<PollResult>>,
+        overflow: VecDeque<Job>,
+    },
+    /// Polling cannot continue (the tunnel does not exist): the message says why.
+    Terminal(String),
+}
+
+enum Wake<T> {
+    Value(T),
+    Stop,
+}
+
+impl Poller<'_> {
+    async fn or_stop<T>(&self, f: impl std::future::Future<Output = T>) -> Wake<T> {
+        future::or(async { Wake::Value(f.await) }, async {
+            self.shutdown.wait().await;
+            Wake::Stop
+        })
+        .await
+    }
+
+    async fn sleep(&self, d: Duration) -> Wake<()> {
+        self.or_stop(async {
+            async_io::Timer::after(d).await;
+        })
+        .await
+    }
+
+    pub async fn run(&mut self) -> LoopEnd {
+        let mut last_problem: Option<String> = None;
+        // Commands beyond the free slots (a batch may exceed the limit asked
+        // for): at most one batch, fed to the queue as slots free up.
+        let mut overflow: VecDeque<Job> = VecDeque::new();
+        let stopped = |pending, overflow| LoopEnd::Stopped { pending, overflow };
+        loop {
+            if self.shutdown.is_triggered() {
+                return stopped(None, overflow);
+            }
+            self.workers.feed(&mut overflow);
+            let free = self.max_inflight.saturating_sub(self.workers.inflight());
+            if free == 0 || !overflow.is_empty() {
+                // A full queue pauses polling until a command finishes.
+                if let Wake::Stop = self.or_stop(self.workers.completed()).await {
+                    return stopped(None, overflow);
+                }
+                continue;
+            }
+            let limit = free.min(MAX_POLL_LIMIT);
+            let cp = self.cp.clone();
+            let rx = self.lane.run(move || cp.poll(limit));
+            let result = match self.or_stop(rx.recv()).await {
+                Wake::Stop => return stopped(Some(rx), overflow),
+                Wake::Value(Ok(r)) => r,
+                Wake::Value(Err(_)) => return LoopEnd::Terminal("the poll thread stopped".into()),
+            };
+            let delay = match result {
+                PollResult::Batch { receipt, commands } => {
+                    self.recovered(&mut last_problem);
+                    accept(receipt, commands, &mut overflow);
+                    continue;
+                }
+                PollResult::Idle => {
+                    self.recovered(&mut last_problem);
+                    continue;
+                }
+                PollResult::Failed(PollFailure::NotFound { code }) => {
+                    return LoopEnd::Terminal(PollFailure::NotFound { code }.to_string());
+                }
+                PollResult::Failed(f) => self.failed(f, &mut last_problem),
+            };
+            if let Wake::Stop = self.sleep(delay).await {
+                return stopped(None, overflow);
+            }
+        }
+    }
+
+    fn recovered(&mut self, last_problem: &mut Option<String>) {
+        self.backoff.reset();
+        if last_problem.take().is_some() {
+            log::info!("polling recovered");
+            self.readiness.set_auth_failure(None);
+        }
+    }
+
+    /// Logs a problem once per change (not per poll) and picks the wait.
+    fn failed(&mut self, f: PollFailure, last_problem: &mut Option<String>) -> Duration {
+        let text = f.to_string();
+        let changed = last_problem.as_deref() != Some(text.as_str());
+        match &f {
+            PollFailure::Auth { status, code } => {
+                if changed {
+                    log::error!("poll rejected: {text}; backing off");
+                }
+                self.readiness.set_auth_failure(Some(match code {
+                    Some(c) => format!("HTTP {status} {c}"),
+                    None => format!("HTTP {status}"),
+                }));
+                if *status == 401 {
+                    self.cp.key.reload();
+                }
+                // Operator action is needed: wait at least half the maximum so a
+                // jitter draw near zero can never make this a tight loop.
+                self.backoff.at_max();
+                let max = self.backoff.ceiling();
+                let j = self.backoff.next(random::u64());
+                *last_problem = Some(text);
+                return max / 2 + j / 2;
+            }
+            _ => {
+                if changed {
+                    log::warn!("poll failed: {text}; retrying with backoff");
+                }
+            }
+        }
+        *last_problem = Some(text);
+        let jitter = self.backoff.next(random::u64());
+        match f {
+            PollFailure::Status {
+                retry_after: Some(ra),
+                ..
+            } => ra.max(jitter),
+            _ => jitter,
+        }
+    }
+}
+
+/// Turns a batch into jobs (all of them, even beyond the limit asked for);
+/// skipped entries are logged with their request id.
+pub fn accept(receipt: Instant, commands: Vec<Decoded>, out: &mut VecDeque<Job>) {
+    for d in commands {
+        match d {
+            Decoded::Command(command) => {
+                for w in &command.warnings {
+                    log::warn!("command {}: {w}", command.request_id);
+                }
+                let deadline = command
+                    .response_timeout
+                    .map(|t| Deadline::after(receipt, t));
+                out.push_back(Job { command, deadline });
+            }
+            Decoded::Skipped { request_id, reason } => {
+                log::warn!(
+                    "skipped command {}: {reason}",
+                    request_id.as_deref().unwrap_or("(no request id)")
+                );
+            }
+        }
+    }
+}

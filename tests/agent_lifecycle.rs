@@ -1,0 +1,303 @@
+//! Poll and post retry rules, backpressure, terminal errors and the graceful stop.
+
+mod agent_support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use agent_support::*;
+
+fn ok_mcp() -> std::net::SocketAddr {
+    spawn_server(|req, stream| {
+        let id = if req.body_str().contains("\"id\":2,") {
+            2
+        } else {
+            1
+        };
+        let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{{}}}}"#);
+        respond(
+            stream,
+            200,
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        );
+    })
+}
+
+/// 401 on poll: logged once, readiness false, backoff at the maximum — no tight loop.
+#[test]
+fn poll_401_backs_off_and_reports_not_ready() {
+    let cp = FakeCp::start();
+    cp.with(|s| s.poll_status = Some(401));
+    let agent = start_agent(&cp, &format!("http://{}/mcp", ok_mcp()), &[]);
+    cp.wait_polls(1);
+    std::thread::sleep(Duration::from_millis(1500));
+    let polls = cp.poll_count();
+    assert!(polls <= 2, "{polls} polls in 1.5 s after a 401: tight loop");
+    let reason = agent
+        .readiness
+        .not_ready_reason()
+        .expect("not ready while the key is rejected");
+    assert!(reason.contains("401"), "{reason}");
+    // The backoff sleep is cut short by the stop.
+    assert_eq!(agent.stop(), 0);
+}
+
+#[test]
+fn poll_404_is_terminal_with_non_zero_exit() {
+    let cp = FakeCp::start();
+    cp.with(|s| s.poll_status = Some(404));
+    let agent = start_agent(&cp, &format!("http://{}/mcp", ok_mcp()), &[]);
+    assert_eq!(agent.wait_exit(WAIT), Some(1));
+    assert_eq!(cp.poll_count(), 1);
+}
+
+/// A 503 with Retry-After on the final post: resent (same body and shard
+/// token) no sooner than Retry-After allows.
+#[test]
+fn final_post_retried_after_503_honouring_retry_after() {
+    let cp = FakeCp::start();
+    cp.with(|s| {
+        s.post_replies
+            .push_back((503, vec![("Retry-After".into(), "1".into())]))
+    });
+    cp.push_batch(&[jsonrpc_command(
+        "r-1",
+        &call(1),
+        r#","response_timeout":"30s""#,
+    )]);
+    let agent = start_agent(&cp, &format!("http://{}/mcp", ok_mcp()), &[]);
+    let posts = cp.wait_posts(2);
+    assert_eq!(agent.stop(), 0);
+    assert_eq!(posts.len(), 2);
+    assert_eq!(posts[0].body, posts[1].body);
+    assert_eq!(posts[1].header("X-Tunnel-Shard-Token"), Some("shard-r-1"));
+    assert!(posts[1].at.duration_since(posts[0].at) >= Duration::from_secs(1));
+}
+
+/// 404 on the final post: the command is over; MCP work is never replayed.
+#[test]
+fn response_404_is_terminal_for_that_command() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h2 = hits.clone();
+    let mcp = spawn_server(move |req, stream| {
+        h2.fetch_add(1, Ordering::SeqCst);
+        let id = if req.body_str().contains("\"id\":2,") {
+            2
+        } else {
+            1
+        };
+        let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{{}}}}"#);
+        respond(
+            stream,
+            200,
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        );
+    });
+    let cp = FakeCp::start();
+    cp.with(|s| s.post_replies.push_back((404, Vec::new())));
+    cp.push_batch(&[
+        jsonrpc_command("gone", &call(1), ""),
+        jsonrpc_command("next", &call(2), ""),
+    ]);
+    let agent = start_agent(
+        &cp,
+        &format!("http://{mcp}/mcp"),
+        &["--mcp.max-concurrent-requests", "1"],
+    );
+    let posts = cp.wait_posts(2);
+    assert_eq!(agent.stop(), 0);
+    let ids: Vec<String> = posts.iter().map(|p| posted(p).request_id).collect();
+    assert_eq!(ids, ["gone", "next"]);
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+}
+
+/// After one notification post fails, the rest are skipped; the final still goes.
+#[test]
+fn failed_notification_skips_the_rest_but_not_the_final() {
+    let mcp = spawn_server(|_req, stream| {
+        sse_head(stream, &[]);
+        for i in 0..3 {
+            sse_event(
+                stream,
+                &format!(
+                    r#"{{"jsonrpc":"2.0","method":"notifications/progress","params":{{"progress":{i}}}}}"#
+                ),
+            );
+        }
+        sse_event(stream, r#"{"jsonrpc":"2.0","id":1,"result":{}}"#);
+        std::thread::sleep(Duration::from_millis(500));
+    });
+    let cp = FakeCp::start();
+    cp.with(|s| s.post_replies.push_back((400, Vec::new())));
+    cp.push_batch(&[jsonrpc_command("n", &call(1), "")]);
+    let agent = start_agent(&cp, &format!("http://{mcp}/mcp"), &[]);
+    let posts = cp.wait_posts(2);
+    assert_eq!(agent.stop(), 0);
+    let types: Vec<String> = cp.posts().iter().map(|p| posted(p).resp_type).collect();
+    assert_eq!(types, ["jsonrpc_notify", "jsonrpc_response"]);
+    assert!(String::from_utf8_lossy(posts[0].body.as_slice()).contains("\"progress\":0"));
+}
+
+/// A full queue pauses polling: with room for two commands and both taken,
+/// the next poll waits for one to finish and asks for exactly the free slots.
+#[test]
+fn full_queue_pauses_polling_and_limit_is_free_slots() {
+    let (tx, rx) = mpsc::channel::<()>();
+    let tx = Mutex::new(tx);
+    let mcp = spawn_server(move |req, stream| {
+        let _ = tx.lock().unwrap().send(());
+        std::thread::sleep(Duration::from_millis(400));
+        let id = if req.body_str().contains("\"id\":2,") {
+            2
+        } else {
+            1
+        };
+        let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{{}}}}"#);
+        respond(
+            stream,
+            200,
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        );
+    });
+    let cp = FakeCp::start();
+    cp.push_batch(&[
+        jsonrpc_command("a", &call(1), ""),
+        jsonrpc_command("b", &call(2), ""),
+    ]);
+    let agent = start_agent(
+        &cp,
+        &format!("http://{mcp}/mcp"),
+        &[
+            "--control-plane.max-inflight",
+            "2",
+            "--mcp.max-concurrent-requests",
+            "1",
+        ],
+    );
+    rx.recv_timeout(WAIT).unwrap();
+    let posts = cp.wait_posts(2);
+    cp.wait_polls(3);
+    assert_eq!(agent.stop(), 0);
+    let polls = cp.with(|s| s.polls.clone());
+    assert!(polls[0].query().contains("limit=2"), "{}", polls[0].query());
+    assert!(
+        polls[1].at > posts[0].at,
+        "no poll while the queue was full"
+    );
+    assert!(polls[1].query().contains("limit=1"), "{}", polls[1].query());
+}
+
+/// A stop request lets the in-flight command finish and post, then exits 0.
+#[test]
+fn graceful_stop_drains_in_flight_work() {
+    let (tx, rx) = mpsc::channel::<()>();
+    let tx = Mutex::new(tx);
+    let mcp = spawn_server(move |_req, stream| {
+        let _ = tx.lock().unwrap().send(());
+        std::thread::sleep(Duration::from_millis(500));
+        respond(
+            stream,
+            200,
+            &[("Content-Type", "application/json")],
+            br#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
+        );
+    });
+    let cp = FakeCp::start();
+    cp.push_batch(&[jsonrpc_command("drain-me", &call(1), "")]);
+    let agent = start_agent(&cp, &format!("http://{mcp}/mcp"), &[]);
+    rx.recv_timeout(WAIT).unwrap();
+    let polls_at_stop = cp.poll_count();
+    assert_eq!(agent.stop(), 0);
+    let posts = cp.posts();
+    assert_eq!(
+        posts.len(),
+        1,
+        "the in-flight answer was posted before exit"
+    );
+    assert_eq!(posted(&posts[0]).request_id, "drain-me");
+    assert!(
+        cp.poll_count() <= polls_at_stop + 1,
+        "no new polls after the stop"
+    );
+}
+
+/// Startup: the tunnel metadata is checked with the control-plane headers.
+#[test]
+fn startup_checks_tunnel_metadata() {
+    let cp = FakeCp::start();
+    let agent = start_agent(
+        &cp,
+        &format!("http://{}/mcp", ok_mcp()),
+        &["--control-plane.organization-id", "org-123"],
+    );
+    cp.wait_polls(1);
+    assert_eq!(agent.stop(), 0);
+    let meta = cp.with(|s| s.metadata.clone());
+    assert_eq!(meta[0].path(), "/v1/tunnels/tunnel_test");
+    assert_eq!(meta[0].header("Authorization"), Some("Bearer sk-test-key"));
+    assert_eq!(meta[0].header("OpenAI-Organization"), Some("org-123"));
+}
+
+/// A batch larger than the limit asked for is processed in full.
+#[test]
+fn every_command_of_a_batch_runs_even_beyond_the_limit() {
+    let cp = FakeCp::start();
+    cp.push_batch(&[
+        jsonrpc_command("x1", &call(1), ""),
+        jsonrpc_command("x2", &call(2), ""),
+        jsonrpc_command("x3", &call(1), ""),
+    ]);
+    let agent = start_agent(
+        &cp,
+        &format!("http://{}/mcp", ok_mcp()),
+        &[
+            "--control-plane.max-inflight",
+            "1",
+            "--mcp.max-concurrent-requests",
+            "1",
+        ],
+    );
+    let posts = cp.wait_posts(3);
+    assert_eq!(agent.stop(), 0);
+    let mut ids: Vec<String> = posts.iter().map(|p| posted(p).request_id).collect();
+    ids.sort();
+    assert_eq!(ids, ["x1", "x2", "x3"]);
+    assert!(cp.with(|s| s.polls[0].query().contains("limit=1")));
+}
+
+/// Work that outlives the drain timeout does not hold the process: the stop
+/// completes, even with commands still waiting for a queue slot.
+#[test]
+fn drain_timeout_bounds_the_stop() {
+    let (tx, rx) = mpsc::channel::<()>();
+    let tx = Mutex::new(tx);
+    let mcp = spawn_server(move |_req, _stream| {
+        let _ = tx.lock().unwrap().send(());
+        std::thread::sleep(Duration::from_secs(20));
+    });
+    let cp = FakeCp::start();
+    cp.push_batch(&[
+        jsonrpc_command("stuck", &call(1), ""),
+        jsonrpc_command("queued", &call(2), ""),
+        jsonrpc_command("waiting", &call(1), ""),
+    ]);
+    let agent = start_agent(
+        &cp,
+        &format!("http://{mcp}/mcp"),
+        &[
+            "--control-plane.max-inflight",
+            "2",
+            "--mcp.max-concurrent-requests",
+            "1",
+            "--shutdown.drain-timeout",
+            "300ms",
+        ],
+    );
+    rx.recv_timeout(WAIT).unwrap();
+    assert_eq!(agent.stop(), 0);
+    assert!(cp.posts().is_empty());
+}
