@@ -207,10 +207,24 @@ impl Trust {
     /// OS roots plus the bundle, if any. The bundle must hold at least one
     /// PEM certificate and each must be usable as a trust anchor.
     pub fn load(ca_bundle: Option<&Path>) -> Result<Trust, TlsError> {
+        let mut trust = Trust::os();
+        if let Some(path) = ca_bundle {
+            trust.add_bundle(path)?;
+        }
+        Ok(trust)
+    }
+
+    /// The operating system's roots (or `SSL_CERT_FILE`/`SSL_CERT_DIR`).
+    pub fn os() -> Trust {
         let native = rustls_native_certs::load_native_certs();
-        let mut trust = Trust {
-            roots: Vec::with_capacity(native.certs.len()),
-            os_count: 0,
+        let roots: Vec<Certificate<'static>> = native
+            .certs
+            .iter()
+            .map(|c| Certificate::from_der(c.as_ref()).to_owned())
+            .collect();
+        Trust {
+            os_count: roots.len(),
+            roots,
             bundle_count: 0,
             os_errors: native
                 .errors
@@ -218,17 +232,15 @@ impl Trust {
                 .take(MAX_OS_ERRORS)
                 .map(|e| e.to_string())
                 .collect(),
-        };
-        for c in &native.certs {
-            trust
-                .roots
-                .push(Certificate::from_der(c.as_ref()).to_owned());
         }
-        trust.os_count = trust.roots.len();
-        if let Some(path) = ca_bundle {
-            trust.add_bundle(path)?;
-        }
-        Ok(trust)
+    }
+
+    /// These roots plus those of `bundle` (one checked at startup with
+    /// [`Trust::bundle_only`], so the file is read once).
+    pub fn with(mut self, bundle: &Trust) -> Trust {
+        self.roots.extend(bundle.roots.iter().cloned());
+        self.bundle_count += bundle.bundle_count;
+        self
     }
 
     /// Only the bundle's certificates (no OS roots): for a hop that must
