@@ -118,6 +118,7 @@ impl Poller<'_> {
         if last_problem.take().is_some() {
             log::info!("polling recovered");
             self.readiness.set_auth_failure(None);
+            self.readiness.set_control_plane_problem(None);
         }
     }
 
@@ -144,6 +145,13 @@ impl Poller<'_> {
                 let j = self.backoff.next(random::u64());
                 *last_problem = Some(text);
                 return max / 2 + j / 2;
+            }
+            PollFailure::Edge(reason) => {
+                if changed {
+                    log::error!("poll failed: {text}; retrying with backoff");
+                }
+                self.readiness
+                    .set_control_plane_problem(Some(reason.clone()));
             }
             _ => {
                 if changed {
