@@ -1,6 +1,7 @@
 //! A tiny blocking HTTPS (or plain HTTP) server on 127.0.0.1:0: answers every
 //! request `200` with body `hello` (or `hello client <n>` when the TLS client
-//! presented a certificate) and counts the requests it answered.
+//! presented a certificate), or with a fixed JSON body, and counts the
+//! requests it answered.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -53,6 +54,16 @@ pub fn tls_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Arc<Serv
 impl TestServer {
     /// `tls: None` serves plain HTTP.
     pub fn start(tls: Option<Arc<ServerConfig>>) -> TestServer {
+        Self::start_with(tls, None)
+    }
+
+    /// Answers every request with this `application/json` body.
+    pub fn start_json(tls: Option<Arc<ServerConfig>>, json: &str) -> TestServer {
+        Self::start_with(tls, Some(json.to_string()))
+    }
+
+    fn start_with(tls: Option<Arc<ServerConfig>>, json: Option<String>) -> TestServer {
+        let json = Arc::new(json);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let served = Arc::new(AtomicUsize::new(0));
@@ -64,8 +75,8 @@ impl TestServer {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
-                let (s, tls) = (s.clone(), tls.clone());
-                std::thread::spawn(move || handle(conn, tls, &s));
+                let (s, tls, json) = (s.clone(), tls.clone(), json.clone());
+                std::thread::spawn(move || handle(conn, tls, json.as_deref(), &s));
             }
         });
         TestServer {
@@ -96,31 +107,54 @@ impl Drop for TestServer {
     }
 }
 
-fn handle(conn: TcpStream, tls: Option<Arc<ServerConfig>>, served: &AtomicUsize) {
+fn handle(
+    conn: TcpStream,
+    tls: Option<Arc<ServerConfig>>,
+    json: Option<&str>,
+    served: &AtomicUsize,
+) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
     match tls {
-        None => respond(conn, "hello", served),
+        None => respond(conn, json.unwrap_or("hello"), json.is_some(), served),
         Some(cfg) => {
             let Ok(sc) = ServerConnection::new(cfg) else {
                 return;
             };
             let mut stream = StreamOwned::new(sc, conn);
-            // Drive the handshake; a failing client ends here.
+            // Drive the handshake; a failing client ends here, after a
+            // lingering close so it reads our alert rather than a reset.
             while stream.conn.is_handshaking() {
                 if stream.conn.complete_io(&mut stream.sock).is_err() {
+                    linger(&mut stream.sock);
                     return;
                 }
             }
-            let body = match stream.conn.peer_certificates() {
-                Some(chain) => format!("hello client {}", chain.len()),
-                None => "hello".to_string(),
+            let body = match (json, stream.conn.peer_certificates()) {
+                (Some(j), _) => j.to_string(),
+                (None, Some(chain)) => format!("hello client {}", chain.len()),
+                (None, None) => "hello".to_string(),
             };
-            respond(stream, &body, served)
+            respond(stream, &body, json.is_some(), served)
         }
     }
 }
 
-fn respond<S: Read + Write>(mut s: S, body: &str, served: &AtomicUsize) {
+/// Half-closes and reads what the client still sends (bounded), so closing
+/// does not reset the connection and destroy the alert in flight.
+fn linger(sock: &mut TcpStream) {
+    let _ = sock.shutdown(std::net::Shutdown::Write);
+    let _ = sock.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut buf = [0u8; 4096];
+    let mut total = 0usize;
+    while let Ok(n) = sock.read(&mut buf) {
+        total += n;
+        if n == 0 || total > 1024 * 1024 {
+            break;
+        }
+    }
+}
+
+fn respond<S: Read + Write>(mut s: S, body: &str, is_json: bool, served: &AtomicUsize) {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -132,8 +166,13 @@ fn respond<S: Read + Write>(mut s: S, body: &str, served: &AtomicUsize) {
             return;
         }
     }
+    let ctype = if is_json {
+        "application/json"
+    } else {
+        "text/plain"
+    };
     let resp = format!(
-        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 200 OK\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
     if s.write_all(resp.as_bytes()).is_ok() && s.flush().is_ok() {
