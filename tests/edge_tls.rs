@@ -74,6 +74,14 @@ fn the_bundle_adds_to_the_os_roots() {
     let both = trust(Some(&p.ca));
     assert_eq!(both.os_count, os.os_count);
     assert_eq!(both.bundle_count, 1);
+    // The agent's route: the bundle checked at startup, joined to the OS roots later.
+    let joined = Trust::os().with(&Trust::bundle_only(&p.ca).unwrap());
+    assert_eq!((joined.os_count, joined.bundle_count), (os.os_count, 1));
+    let server = TestServer::start(Some(server_tls(&p.server.0, &p.server.1, None)));
+    assert_eq!(
+        get(&server.url("https"), joined.config(None)).as_deref(),
+        Ok("hello")
+    );
     // A bundle of two CAs: both count, the right one verifies.
     let two = p.dir.join("two-cas.pem");
     let text =
