@@ -1,5 +1,5 @@
 //! A private PKI made with the `openssl` CLI, once per test binary, in a
-//! fresh temporary directory.
+//! fresh directory under cargo's `CARGO_TARGET_TMPDIR`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -195,7 +195,9 @@ fn make(bin: &Path) -> Pki {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    let dir = std::env::temp_dir().join(format!("mcp-tunnel-edge-{}-{nanos}", std::process::id()));
+    // Under target/ (cargo's per-project test scratch), not the system /tmp.
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("edge-pki-{}-{nanos}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let d = dir.as_path();
 

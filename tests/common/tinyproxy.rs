@@ -11,6 +11,7 @@ use super::tools;
 pub struct Tinyproxy {
     child: Child,
     pub port: u16,
+    dir: PathBuf,
     log: PathBuf,
 }
 
@@ -38,8 +39,8 @@ impl Tinyproxy {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.subsec_nanos())
                 .unwrap_or(0);
-            let dir = std::env::temp_dir().join(format!(
-                "mcp-tunnel-tinyproxy-{}-{nanos}-{attempt}",
+            let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+                "tinyproxy-{}-{nanos}-{attempt}",
                 std::process::id()
             ));
             std::fs::create_dir_all(&dir).unwrap();
@@ -69,7 +70,12 @@ impl Tinyproxy {
             let deadline = Instant::now() + Duration::from_secs(5);
             while Instant::now() < deadline {
                 if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Some(Tinyproxy { child, port, log });
+                    return Some(Tinyproxy {
+                        child,
+                        port,
+                        dir,
+                        log,
+                    });
                 }
                 if let Ok(Some(_)) = child.try_wait() {
                     break;
@@ -78,6 +84,7 @@ impl Tinyproxy {
             }
             let _ = child.kill();
             let _ = child.wait();
+            let _ = std::fs::remove_dir_all(&dir);
         }
         panic!("tinyproxy did not start listening");
     }
@@ -102,5 +109,6 @@ impl Drop for Tinyproxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
