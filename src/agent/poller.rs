@@ -157,6 +157,8 @@ impl Poller<'_> {
                 if changed {
                     log::warn!("poll failed: {text}; retrying with backoff");
                 }
+                // An older proxy/TLS verdict no longer describes what fails now.
+                self.readiness.set_control_plane_problem(None);
             }
         }
         *last_problem = Some(text);
