@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use log::LevelFilter;
 
+use super::edge::{self, EdgeConfig};
 use super::secret::{Secret, SecretSource};
 use crate::ops::log::{parse_level, LogFormat};
 use crate::proto::channel::Channel;
@@ -182,6 +183,14 @@ pub const SETTINGS: &[&Setting] = &[
     &HEALTH_LISTEN_ADDR,
     &LOG_LEVEL,
     &LOG_FORMAT,
+    // The network edge (agent::edge): proxies, trust, client certificates.
+    &edge::HTTP_PROXY,
+    &edge::CP_HTTP_PROXY,
+    &edge::CA_BUNDLE,
+    &edge::CP_CLIENT_CERT,
+    &edge::CP_CLIENT_KEY,
+    &edge::MCP_CLIENT_CERT,
+    &edge::MCP_CLIENT_KEY,
 ];
 
 /// A header added to every MCP request. The value may hold a credential.
@@ -217,6 +226,8 @@ pub struct AgentConfig {
     pub health_listen: Option<SocketAddr>,
     pub log_level: LevelFilter,
     pub log_format: LogFormat,
+    /// Proxies, extra trust and client certificates, checked.
+    pub edge: EdgeConfig,
 }
 
 pub enum Parsed {
@@ -430,6 +441,7 @@ fn build(l: &Layers<'_>) -> Result<AgentConfig, ConfigError> {
     })?;
     let log_format = LogFormat::parse(&l.get(&LOG_FORMAT).unwrap_or_default())
         .ok_or_else(|| invalid(&LOG_FORMAT, "expected text or json"))?;
+    let edge = edge::build(&|s| l.get(s), &lookup, std::time::SystemTime::now())?;
 
     Ok(AgentConfig {
         base_url,
@@ -451,6 +463,7 @@ fn build(l: &Layers<'_>) -> Result<AgentConfig, ConfigError> {
         health_listen,
         log_level,
         log_format,
+        edge,
     })
 }
 

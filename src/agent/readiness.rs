@@ -16,6 +16,14 @@ pub struct Readiness {
     channels: Mutex<Vec<(Channel, Option<String>)>>,
     /// Set while the control plane answers 401/403 (the status and error code).
     auth_failure: Mutex<Option<String>>,
+    /// Set while polls fail at the network edge (proxy refusal, TLS verdict).
+    control_plane_problem: Mutex<Option<String>>,
+    /// Why the last MCP probe failed at the network edge, if it did.
+    target_problem: Mutex<Option<String>>,
+}
+
+fn lock(m: &Mutex<Option<String>>) -> std::sync::MutexGuard<'_, Option<String>> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Readiness {
@@ -67,6 +75,14 @@ impl Readiness {
         *self.auth_failure.lock().unwrap_or_else(|e| e.into_inner()) = what;
     }
 
+    pub fn set_control_plane_problem(&self, what: Option<String>) {
+        *lock(&self.control_plane_problem) = what;
+    }
+
+    pub fn set_target_problem(&self, what: Option<String>) {
+        *lock(&self.target_problem) = what;
+    }
+
     /// None when ready, else the reason (for the 503 body and logs).
     pub fn not_ready_reason(&self) -> Option<String> {
         if let Some(a) = self
@@ -77,9 +93,18 @@ impl Readiness {
         {
             return Some(format!("control plane rejects the API key ({a})"));
         }
+        if let Some(p) = lock(&self.control_plane_problem).as_ref() {
+            return Some(format!("control plane unreachable: {p}"));
+        }
         let chans = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         if chans.is_empty() {
-            return (!self.target_ready.load(Ordering::Relaxed)).then(|| NOT_ANSWERED.to_string());
+            if self.target_ready.load(Ordering::Relaxed) {
+                return None;
+            }
+            return Some(match lock(&self.target_problem).as_ref() {
+                Some(p) => format!("MCP server unreachable: {p}"),
+                None => NOT_ANSWERED.to_string(),
+            });
         }
         let down: Vec<String> = chans
             .iter()
@@ -126,5 +151,23 @@ mod tests {
         r.set_channel(&fs, Some("stdio MCP server exited; restarting".into()));
         let why = r.not_ready_reason().unwrap();
         assert!(why.contains("channel fs: stdio MCP server exited"), "{why}");
+    }
+
+    #[test]
+    fn edge_problems_are_reasons_until_cleared() {
+        let r = Readiness::new();
+        r.set_target_problem(Some("server requires a client certificate".into()));
+        assert_eq!(
+            r.not_ready_reason().as_deref(),
+            Some("MCP server unreachable: server requires a client certificate")
+        );
+        r.set_target_ready(true);
+        r.set_control_plane_problem(Some("proxy authentication failed (407 to CONNECT)".into()));
+        assert!(r
+            .not_ready_reason()
+            .unwrap()
+            .starts_with("control plane unreachable: proxy"));
+        r.set_control_plane_problem(None);
+        assert_eq!(r.not_ready_reason(), None);
     }
 }

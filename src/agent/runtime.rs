@@ -125,6 +125,7 @@ async fn run_async(
             max_idle: cfg.max_concurrent,
             max_idle_age: cfg.connection_max_ttl,
         },
+        super::edge::clients(&cfg.edge, &cfg.base_url),
         http_count,
     );
     let cp = Arc::new(ControlPlane::new(

@@ -312,11 +312,14 @@ impl HttpTarget {
                 }
             }
             Err(e) => {
-                self.set_ready(false);
-                Err(format!(
-                    "MCP server unreachable: {}",
-                    failure_of(&e, Phase::Request).source.as_str()
-                ))
+                let why = match super::edge::failure(&e) {
+                    Some(f) => f.reason,
+                    None => failure_of(&e, Phase::Request).source.as_str().to_string(),
+                };
+                let reason = format!("MCP server unreachable: {why}");
+                self.readiness
+                    .set_channel(&self.channel, Some(reason.clone()));
+                Err(reason)
             }
         }
     }
@@ -327,7 +330,11 @@ impl HttpTarget {
         }
         let f = failure_of(e, phase);
         if matches!(f.source, S::Dns | S::Connect | S::Tls) {
-            self.set_ready(false);
+            let reason = match super::edge::failure(e) {
+                Some(edge) => format!("MCP server unreachable: {}", edge.reason),
+                None => format!("MCP server unreachable: {}", f.source.as_str()),
+            };
+            self.readiness.set_channel(&self.channel, Some(reason));
         }
         // The error text can carry the MCP URL (and a token in its query): not logged.
         Outcome::Failure(f)
@@ -404,6 +411,11 @@ fn read_capped(
 /// error text goes into the failure (it may carry URLs).
 fn failure_of(e: &ureq::Error, phase: Phase) -> TunnelFailure {
     use ureq::Error as E;
+    // Proxy refusals (`connect`) and TLS verdicts (`tls`) first: ureq reports
+    // handshake errors as I/O errors, which would otherwise read as protocol.
+    if let Some(f) = super::edge::failure(e) {
+        return f.tunnel;
+    }
     match e {
         E::HostNotFound => fail(S::Dns, K::Dns),
         E::ConnectionFailed => fail(S::Connect, K::Dial),
