@@ -38,10 +38,6 @@ impl Targets {
             .find(|(c, _)| c == channel)
             .map(|(_, t)| t.as_ref())
     }
-
-    pub fn entries(&self) -> &[(Channel, Arc<Target>)] {
-        &self.entries
-    }
 }
 
 pub struct WorkerCtx {
