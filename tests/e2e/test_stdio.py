@@ -69,25 +69,30 @@ class StdioTunnel:
     def __init__(self, binary: Path, web_url: str):
         self.tmp = Path(tempfile.mkdtemp(prefix="mcp-tunnel-e2e-stdio-"))
         self.relay = Relay(binary, self.tmp / "relay")
-        self.agent = Proc(
-            "agent-stdio",
+        self.binary = binary
+        self.web_url = web_url
+        self.agent = self.start_agent("agent-stdio")
+        agent_must_run(self.agent)
+        for channel in CHANNELS:
+            self.wait_connected(channel)
+
+    def start_agent(self, name: str) -> Proc:
+        return Proc(
+            name,
             [
-                binary, "agent",
+                self.binary, "agent",
                 "--control-plane.base-url", self.relay.base_url,
                 "--control-plane.tunnel-id", self.relay.tunnel_id,
                 "--control-plane.api-key", f"env:{RUNTIME_KEY_ENV}",
                 "--mcp.command", "channel=py2,command=" + command(VENV2, PEERS / "py_stdio_server.py"),
                 "--mcp.command", "channel=py1,command=" + command(VENV1, PEERS / "py_stdio_server.py"),
                 "--mcp.command", "channel=everything,command=" + command("node", EVERYTHING_JS, "stdio"),
-                "--mcp.server-url", f"channel=web,url={web_url}",
+                "--mcp.server-url", f"channel=web,url={self.web_url}",
                 "--health.listen-addr", "off",
                 "--log.level", "debug",
             ],
             env={RUNTIME_KEY_ENV: self.relay.runtime_key},
         )
-        agent_must_run(self.agent)
-        for channel in CHANNELS:
-            self.wait_connected(channel)
 
     def url(self, channel: str) -> str:
         return f"{self.relay.mcp_url}/{channel}"
@@ -272,3 +277,31 @@ def test_unknown_channel_is_not_connected_at_the_relay(stdio_tunnel):
     status, text = stdio_tunnel.raw("POST", "nope", body, {
         "Content-Type": "application/json", "Accept": "application/json, text/event-stream"})
     assert status == 503 and "tunnel_client_not_connected" in text
+
+
+def test_two_agents_keep_a_stdio_channel_on_one_process(stdio_tunnel):
+    """A second agent polls the same tunnel with the same channels: the relay
+    keeps the stdio channel's work on the agent that took it first
+    (proc_affinity), so every call reaches the same server process."""
+    second = stdio_tunnel.start_agent("agent-stdio-2")
+    try:
+        agent_must_run(second)
+        time.sleep(1.5)  # let the second agent's polls reach the relay
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": LEGACY, "capabilities": {}, "clientInfo": {"name": "e2e", "version": "1"}}}
+        status, text = stdio_tunnel.raw("POST", "py2", json.dumps(init).encode(), headers)
+        assert status == 200, text
+        pids = set()
+        for i in range(8):
+            call = {"jsonrpc": "2.0", "id": 10 + i, "method": "tools/call", "params": {"name": "pid", "arguments": {}}}
+            status, text = stdio_tunnel.raw("POST", "py2", json.dumps(call).encode(), headers)
+            assert status == 200, text
+            msg = json.loads(text)
+            pids.add("".join(c["text"] for c in msg["result"]["content"]))
+        assert len(pids) == 1, f"calls reached several server processes: {pids}"
+        # The HTTP channel has no affinity: both agents serve it.
+        r = ok(run_scenarios(stdio_tunnel, "web", "py2", ["echo"])["echo"])
+        assert r["text"] == ECHO_MESSAGE
+    finally:
+        second.stop(grace=10.0)
