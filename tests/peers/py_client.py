@@ -14,6 +14,7 @@ import argparse
 from contextlib import asynccontextmanager
 import json
 import sys
+import time
 import traceback
 
 import anyio
@@ -239,6 +240,7 @@ async def run(args) -> int:
     failed = 0
     for name in args.scenario:
         out = {"scenario": name, "sdk": SDK}
+        started = time.monotonic()
         try:
             with anyio.fail_after(args.timeout):
                 out.update(await HANDLERS[name](args.url, headers, args))
@@ -250,6 +252,7 @@ async def run(args) -> int:
             out["ok"] = False
             out["error"] = f"{type(e).__name__}: {e}"
             out["trace"] = traceback.format_exc()[-2000:]
+        out["seconds"] = round(time.monotonic() - started, 3)
         print(json.dumps(out), flush=True)
     return 1 if failed else 0
 

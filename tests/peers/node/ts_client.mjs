@@ -189,6 +189,7 @@ async function main() {
   let failed = 0;
   for (const name of opts.scenarios) {
     const out = { scenario: name, sdk: "ts" };
+    const started = performance.now();
     let timer;
     try {
       const timeout = new Promise((_, reject) => {
@@ -203,6 +204,7 @@ async function main() {
       out.trace = String(e?.stack ?? "").slice(-2000);
     } finally {
       clearTimeout(timer);
+      out.seconds = Math.round(performance.now() - started) / 1000;
     }
     process.stdout.write(JSON.stringify(out) + "\n");
   }
