@@ -1,1 +1,3 @@
 //! Operations: logging, health, metrics.
+
+pub mod shutdown;
