@@ -1,0 +1,981 @@
+//! A bounded, non-recursive JSON scanner (RFC 8259).
+//!
+//! Implements protocol.md "resp_json must carry the MCP server's JSON-RPC
+//! message unchanged": we never re-encode MCP JSON, we only find the byte
+//! ranges of the few fields we interpret and copy everything else verbatim.
+//!
+//! Decisions:
+//! - Nesting is tracked with an explicit stack bounded by [`Limits::max_depth`],
+//!   so hostile deep input cannot overflow the call stack.
+//! - Strings must be valid UTF-8; an escaped lone surrogate (`"\ud800"`) is
+//!   **rejected**: it cannot become a Rust `String` and the MCP peers we
+//!   forward to would either reject or silently mangle it.
+//! - Objects we interpret reject duplicate keys ([`JsonError::DuplicateKey`]),
+//!   because different parsers pick different duplicates and that disagreement
+//!   is exploitable.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::ops::Range;
+
+/// Bounds applied while scanning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Maximum container nesting; the top-level container counts as 1.
+    pub max_depth: usize,
+    /// Maximum input length in bytes.
+    pub max_len: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_depth: 64,
+            max_len: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// Why a JSON text was rejected. Offsets are byte offsets into the input given
+/// to the failing function.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JsonError {
+    /// Not JSON at `offset`; `what` names the expectation.
+    Syntax { offset: usize, what: &'static str },
+    /// The input ended inside a value.
+    Truncated,
+    /// Nesting deeper than [`Limits::max_depth`].
+    TooDeep,
+    /// Input longer than [`Limits::max_len`].
+    TooLarge,
+    /// A string contains bytes that are not UTF-8.
+    InvalidUtf8 { offset: usize },
+    /// A `\u` escape names a surrogate without its pair.
+    LoneSurrogate { offset: usize },
+    /// The same key twice in an object we interpret (the key, possibly truncated).
+    DuplicateKey(String),
+    /// More members or elements than the caller allows.
+    TooManyItems { max: usize },
+    /// A top-level object was required.
+    NotAnObject,
+    /// A top-level array was required.
+    NotAnArray,
+    /// A string literal was required.
+    NotAString,
+    /// A non-negative integer literal that fits u64 was required.
+    NotAnInteger,
+    /// Valid JSON that is not a JSON-RPC 2.0 message; names the missing or bad part.
+    NotJsonRpc(&'static str),
+}
+
+impl fmt::Display for JsonError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JsonError::Syntax { offset, what } => {
+                write!(f, "invalid JSON at byte {offset}: expected {what}")
+            }
+            JsonError::Truncated => f.write_str("truncated JSON"),
+            JsonError::TooDeep => f.write_str("JSON nested too deeply"),
+            JsonError::TooLarge => f.write_str("JSON text too large"),
+            JsonError::InvalidUtf8 { offset } => write!(f, "invalid UTF-8 at byte {offset}"),
+            JsonError::LoneSurrogate { offset } => {
+                write!(f, "unpaired UTF-16 surrogate escape at byte {offset}")
+            }
+            JsonError::DuplicateKey(k) => write!(f, "duplicate key {k:?}"),
+            JsonError::TooManyItems { max } => write!(f, "more than {max} items"),
+            JsonError::NotAnObject => f.write_str("expected a JSON object"),
+            JsonError::NotAnArray => f.write_str("expected a JSON array"),
+            JsonError::NotAString => f.write_str("expected a JSON string"),
+            JsonError::NotAnInteger => f.write_str("expected a non-negative integer"),
+            JsonError::NotJsonRpc(what) => write!(f, "not a JSON-RPC 2.0 message: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for JsonError {}
+
+/// Longest key echoed back inside [`JsonError::DuplicateKey`], so errors stay small.
+const MAX_KEY_IN_ERROR: usize = 64;
+
+/// Index of the first non-whitespace byte at or after `i` (or `bytes.len()`).
+pub fn skip_ws(bytes: &[u8], mut i: usize) -> usize {
+    while let Some(b' ' | b'\t' | b'\n' | b'\r') = bytes.get(i) {
+        i += 1;
+    }
+    i
+}
+
+/// Full RFC 8259 check of one JSON text, plus UTF-8 and depth limits.
+pub fn validate(bytes: &[u8], limits: &Limits) -> Result<(), JsonError> {
+    if bytes.len() > limits.max_len {
+        return Err(JsonError::TooLarge);
+    }
+    let start = skip_ws(bytes, 0);
+    let end = scan_value(bytes, start, limits.max_depth, true)?;
+    expect_end(bytes, end)
+}
+
+/// Members of the top-level object, with the raw byte range of each value.
+/// Rejects duplicate keys. Value ranges are exact (no surrounding whitespace).
+pub fn object_members(
+    bytes: &[u8],
+    limits: &Limits,
+) -> Result<Vec<(String, Range<usize>)>, JsonError> {
+    members(bytes, limits, Mode::STRICT, usize::MAX)
+}
+
+/// Elements of the top-level array, as raw byte ranges.
+pub fn array_elements(bytes: &[u8], limits: &Limits) -> Result<Vec<Range<usize>>, JsonError> {
+    elements(bytes, limits, true, usize::MAX)
+}
+
+/// How strictly the structural helpers check. Lenient scanning exists so one
+/// command with a broken string cannot take its whole poll batch down: UTF-8
+/// errors never change where values start and end.
+#[derive(Clone, Copy)]
+pub(crate) struct Mode {
+    pub utf8: bool,
+    pub unique_keys: bool,
+}
+
+impl Mode {
+    pub(crate) const STRICT: Mode = Mode {
+        utf8: true,
+        unique_keys: true,
+    };
+    pub(crate) const LENIENT: Mode = Mode {
+        utf8: false,
+        unique_keys: false,
+    };
+}
+
+pub(crate) fn members(
+    bytes: &[u8],
+    limits: &Limits,
+    mode: Mode,
+    max_items: usize,
+) -> Result<Vec<(String, Range<usize>)>, JsonError> {
+    if bytes.len() > limits.max_len {
+        return Err(JsonError::TooLarge);
+    }
+    let mut i = skip_ws(bytes, 0);
+    match bytes.get(i) {
+        Some(b'{') => {}
+        None => return Err(JsonError::Truncated),
+        Some(_) => return Err(JsonError::NotAnObject),
+    }
+    if limits.max_depth == 0 {
+        return Err(JsonError::TooDeep);
+    }
+    let inner_depth = limits.max_depth - 1;
+    let mut out = Vec::new();
+    let mut seen: HashSet<String> = HashSet::new();
+    i = skip_ws(bytes, i + 1);
+    if bytes.get(i) == Some(&b'}') {
+        return expect_end(bytes, i + 1).map(|()| out);
+    }
+    loop {
+        if bytes.get(i).is_some_and(|&b| b != b'"') {
+            return Err(JsonError::Syntax {
+                offset: i,
+                what: "an object key",
+            });
+        }
+        let key_end = scan_string(bytes, i, mode.utf8)?;
+        let key = if mode.utf8 {
+            parse_string(&bytes[i..key_end])?
+        } else {
+            parse_string_lossy(&bytes[i..key_end])
+        };
+        i = skip_ws(bytes, key_end);
+        expect_byte(bytes, i, b':', "':'")?;
+        let vstart = skip_ws(bytes, i + 1);
+        let vend = scan_value(bytes, vstart, inner_depth, mode.utf8)?;
+        if out.len() >= max_items {
+            return Err(JsonError::TooManyItems { max: max_items });
+        }
+        if mode.unique_keys && !seen.insert(key.clone()) {
+            return Err(JsonError::DuplicateKey(truncate_key(key)));
+        }
+        out.push((key, vstart..vend));
+        i = skip_ws(bytes, vend);
+        match bytes.get(i) {
+            Some(b',') => i = skip_ws(bytes, i + 1),
+            Some(b'}') => return expect_end(bytes, i + 1).map(|()| out),
+            None => return Err(JsonError::Truncated),
+            Some(_) => {
+                return Err(JsonError::Syntax {
+                    offset: i,
+                    what: "',' or '}'",
+                })
+            }
+        }
+    }
+}
+
+pub(crate) fn elements(
+    bytes: &[u8],
+    limits: &Limits,
+    utf8: bool,
+    max_items: usize,
+) -> Result<Vec<Range<usize>>, JsonError> {
+    if bytes.len() > limits.max_len {
+        return Err(JsonError::TooLarge);
+    }
+    let mut i = skip_ws(bytes, 0);
+    match bytes.get(i) {
+        Some(b'[') => {}
+        None => return Err(JsonError::Truncated),
+        Some(_) => return Err(JsonError::NotAnArray),
+    }
+    if limits.max_depth == 0 {
+        return Err(JsonError::TooDeep);
+    }
+    let inner_depth = limits.max_depth - 1;
+    let mut out = Vec::new();
+    i = skip_ws(bytes, i + 1);
+    if bytes.get(i) == Some(&b']') {
+        return expect_end(bytes, i + 1).map(|()| out);
+    }
+    loop {
+        let vend = scan_value(bytes, i, inner_depth, utf8)?;
+        if out.len() >= max_items {
+            return Err(JsonError::TooManyItems { max: max_items });
+        }
+        out.push(i..vend);
+        i = skip_ws(bytes, vend);
+        match bytes.get(i) {
+            Some(b',') => i = skip_ws(bytes, i + 1),
+            Some(b']') => return expect_end(bytes, i + 1).map(|()| out),
+            None => return Err(JsonError::Truncated),
+            Some(_) => {
+                return Err(JsonError::Syntax {
+                    offset: i,
+                    what: "',' or ']'",
+                })
+            }
+        }
+    }
+}
+
+fn truncate_key(mut key: String) -> String {
+    if key.len() > MAX_KEY_IN_ERROR {
+        let mut cut = MAX_KEY_IN_ERROR;
+        while !key.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        key.truncate(cut);
+    }
+    key
+}
+
+fn expect_end(bytes: &[u8], i: usize) -> Result<(), JsonError> {
+    let j = skip_ws(bytes, i);
+    if j == bytes.len() {
+        Ok(())
+    } else {
+        Err(JsonError::Syntax {
+            offset: j,
+            what: "end of input",
+        })
+    }
+}
+
+fn expect_byte(bytes: &[u8], i: usize, want: u8, what: &'static str) -> Result<(), JsonError> {
+    match bytes.get(i) {
+        Some(&b) if b == want => Ok(()),
+        None => Err(JsonError::Truncated),
+        Some(_) => Err(JsonError::Syntax { offset: i, what }),
+    }
+}
+
+/// Scan one value starting exactly at `i`; returns the index just past it.
+/// `depth_left` is how many more containers may be opened.
+pub(crate) fn scan_value(
+    bytes: &[u8],
+    mut i: usize,
+    depth_left: usize,
+    utf8: bool,
+) -> Result<usize, JsonError> {
+    // true = object, false = array; never longer than `depth_left`.
+    let mut stack: Vec<bool> = Vec::new();
+    'value: loop {
+        match bytes.get(i) {
+            None => return Err(JsonError::Truncated),
+            Some(b'{') | Some(b'[') => {
+                if stack.len() >= depth_left {
+                    return Err(JsonError::TooDeep);
+                }
+                let is_obj = bytes[i] == b'{';
+                stack.push(is_obj);
+                i = skip_ws(bytes, i + 1);
+                let close = if is_obj { b'}' } else { b']' };
+                if bytes.get(i) == Some(&close) {
+                    stack.pop();
+                    i += 1;
+                } else {
+                    if is_obj {
+                        i = scan_key(bytes, i, utf8)?;
+                    }
+                    continue 'value;
+                }
+            }
+            Some(b'"') => i = scan_string(bytes, i, utf8)?,
+            Some(b'-' | b'0'..=b'9') => i = scan_number(bytes, i)?,
+            Some(b't') => i = scan_literal(bytes, i, b"true")?,
+            Some(b'f') => i = scan_literal(bytes, i, b"false")?,
+            Some(b'n') => i = scan_literal(bytes, i, b"null")?,
+            Some(_) => {
+                return Err(JsonError::Syntax {
+                    offset: i,
+                    what: "a JSON value",
+                })
+            }
+        }
+        // A value just ended at `i`: close containers or move to the next element.
+        loop {
+            let Some(&is_obj) = stack.last() else {
+                return Ok(i);
+            };
+            i = skip_ws(bytes, i);
+            let close = if is_obj { b'}' } else { b']' };
+            match bytes.get(i) {
+                None => return Err(JsonError::Truncated),
+                Some(b',') => {
+                    i = skip_ws(bytes, i + 1);
+                    if is_obj {
+                        i = scan_key(bytes, i, utf8)?;
+                    }
+                    continue 'value;
+                }
+                Some(&b) if b == close => {
+                    stack.pop();
+                    i += 1;
+                }
+                Some(_) => {
+                    return Err(JsonError::Syntax {
+                        offset: i,
+                        what: if is_obj { "',' or '}'" } else { "',' or ']'" },
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// Scan `"key" :` and the whitespace after it; returns the value's start.
+fn scan_key(bytes: &[u8], i: usize, utf8: bool) -> Result<usize, JsonError> {
+    if bytes.get(i).is_some_and(|&b| b != b'"') {
+        return Err(JsonError::Syntax {
+            offset: i,
+            what: "an object key",
+        });
+    }
+    let end = scan_string(bytes, i, utf8)?;
+    let j = skip_ws(bytes, end);
+    expect_byte(bytes, j, b':', "':'")?;
+    Ok(skip_ws(bytes, j + 1))
+}
+
+fn scan_literal(bytes: &[u8], i: usize, lit: &'static [u8]) -> Result<usize, JsonError> {
+    let end = i + lit.len();
+    match bytes.get(i..end) {
+        Some(s) if s == lit => Ok(end),
+        Some(_) => Err(JsonError::Syntax {
+            offset: i,
+            what: "true, false or null",
+        }),
+        None if lit.starts_with(&bytes[i..]) => Err(JsonError::Truncated),
+        None => Err(JsonError::Syntax {
+            offset: i,
+            what: "true, false or null",
+        }),
+    }
+}
+
+fn scan_digits(bytes: &[u8], mut i: usize) -> usize {
+    while bytes.get(i).is_some_and(u8::is_ascii_digit) {
+        i += 1;
+    }
+    i
+}
+
+fn scan_number(bytes: &[u8], mut i: usize) -> Result<usize, JsonError> {
+    if bytes.get(i) == Some(&b'-') {
+        i += 1;
+    }
+    match bytes.get(i) {
+        Some(b'0') => i += 1,
+        Some(b'1'..=b'9') => i = scan_digits(bytes, i + 1),
+        None => return Err(JsonError::Truncated),
+        Some(_) => {
+            return Err(JsonError::Syntax {
+                offset: i,
+                what: "a digit",
+            })
+        }
+    }
+    if bytes.get(i) == Some(&b'.') {
+        let j = scan_digits(bytes, i + 1);
+        if j == i + 1 {
+            return Err(digit_error(bytes, j));
+        }
+        i = j;
+    }
+    if let Some(b'e' | b'E') = bytes.get(i) {
+        i += 1;
+        if let Some(b'+' | b'-') = bytes.get(i) {
+            i += 1;
+        }
+        let j = scan_digits(bytes, i);
+        if j == i {
+            return Err(digit_error(bytes, j));
+        }
+        i = j;
+    }
+    Ok(i)
+}
+
+fn digit_error(bytes: &[u8], i: usize) -> JsonError {
+    if i >= bytes.len() {
+        JsonError::Truncated
+    } else {
+        JsonError::Syntax {
+            offset: i,
+            what: "a digit",
+        }
+    }
+}
+
+/// Scan a string literal starting at the opening quote at `i`; returns the
+/// index just past the closing quote.
+pub(crate) fn scan_string(bytes: &[u8], i: usize, utf8: bool) -> Result<usize, JsonError> {
+    match bytes.get(i) {
+        Some(b'"') => {}
+        None => return Err(JsonError::Truncated),
+        Some(_) => return Err(JsonError::NotAString),
+    }
+    let mut j = i + 1;
+    let mut run_start = j;
+    loop {
+        let Some(&b) = bytes.get(j) else {
+            return Err(JsonError::Truncated);
+        };
+        match b {
+            b'"' => {
+                if utf8 {
+                    check_utf8(bytes, run_start, j)?;
+                }
+                return Ok(j + 1);
+            }
+            b'\\' => {
+                if utf8 {
+                    check_utf8(bytes, run_start, j)?;
+                }
+                j = scan_escape(bytes, j)?;
+                run_start = j;
+            }
+            0x00..=0x1f => {
+                return Err(JsonError::Syntax {
+                    offset: j,
+                    what: "no raw control characters in strings",
+                })
+            }
+            _ => j += 1,
+        }
+    }
+}
+
+fn check_utf8(bytes: &[u8], from: usize, to: usize) -> Result<(), JsonError> {
+    std::str::from_utf8(&bytes[from..to])
+        .map(|_| ())
+        .map_err(|e| JsonError::InvalidUtf8 {
+            offset: from + e.valid_up_to(),
+        })
+}
+
+/// Scan the escape at `i` (the backslash); returns the index after it.
+fn scan_escape(bytes: &[u8], i: usize) -> Result<usize, JsonError> {
+    match bytes.get(i + 1) {
+        None => Err(JsonError::Truncated),
+        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => Ok(i + 2),
+        Some(b'u') => {
+            let unit = hex4(bytes, i + 2)?;
+            match unit {
+                0xD800..=0xDBFF => match (bytes.get(i + 6), bytes.get(i + 7)) {
+                    (None, _) | (Some(b'\\'), None) => Err(JsonError::Truncated),
+                    (Some(b'\\'), Some(b'u')) => {
+                        let low = hex4(bytes, i + 8)?;
+                        if (0xDC00..=0xDFFF).contains(&low) {
+                            Ok(i + 12)
+                        } else {
+                            Err(JsonError::LoneSurrogate { offset: i })
+                        }
+                    }
+                    _ => Err(JsonError::LoneSurrogate { offset: i }),
+                },
+                0xDC00..=0xDFFF => Err(JsonError::LoneSurrogate { offset: i }),
+                _ => Ok(i + 6),
+            }
+        }
+        Some(_) => Err(JsonError::Syntax {
+            offset: i,
+            what: "a valid escape",
+        }),
+    }
+}
+
+fn hex4(bytes: &[u8], i: usize) -> Result<u16, JsonError> {
+    let Some(digits) = bytes.get(i..i + 4) else {
+        let avail = bytes.get(i..).unwrap_or(&[]);
+        return if avail.iter().all(u8::is_ascii_hexdigit) {
+            Err(JsonError::Truncated)
+        } else {
+            Err(JsonError::Syntax {
+                offset: i,
+                what: "4 hex digits",
+            })
+        };
+    };
+    let mut v: u16 = 0;
+    for &d in digits {
+        let n = match d {
+            b'0'..=b'9' => d - b'0',
+            b'a'..=b'f' => d - b'a' + 10,
+            b'A'..=b'F' => d - b'A' + 10,
+            _ => {
+                return Err(JsonError::Syntax {
+                    offset: i,
+                    what: "4 hex digits",
+                })
+            }
+        };
+        v = (v << 4) | u16::from(n);
+    }
+    Ok(v)
+}
+
+/// Decode a JSON string literal (`raw` includes the quotes).
+pub fn parse_string(raw: &[u8]) -> Result<String, JsonError> {
+    let end = scan_string(raw, 0, true)?;
+    if end != raw.len() {
+        return Err(JsonError::Syntax {
+            offset: end,
+            what: "end of string",
+        });
+    }
+    Ok(unescape(&raw[1..end - 1]))
+}
+
+/// Like [`parse_string`] for an already-scanned literal whose bytes may not
+/// be UTF-8: bad bytes become U+FFFD. Only for diagnostics and lenient keys.
+pub(crate) fn parse_string_lossy(raw: &[u8]) -> String {
+    let inner = raw
+        .get(1..raw.len().saturating_sub(1))
+        .unwrap_or(&[] as &[u8]);
+    unescape(inner)
+}
+
+/// Unescape the inside of a scanned string literal.
+fn unescape(inner: &[u8]) -> String {
+    let mut out: Vec<u8> = Vec::with_capacity(inner.len());
+    let mut i = 0;
+    while i < inner.len() {
+        let b = inner[i];
+        if b != b'\\' {
+            out.push(b);
+            i += 1;
+            continue;
+        }
+        let esc = inner.get(i + 1).copied().unwrap_or(b'\\');
+        let simple = match esc {
+            b'"' => Some(b'"'),
+            b'\\' => Some(b'\\'),
+            b'/' => Some(b'/'),
+            b'b' => Some(0x08),
+            b'f' => Some(0x0c),
+            b'n' => Some(b'\n'),
+            b'r' => Some(b'\r'),
+            b't' => Some(b'\t'),
+            _ => None,
+        };
+        if let Some(c) = simple {
+            out.push(c);
+            i += 2;
+            continue;
+        }
+        // `\u`: the scanner already proved the digits and pairing are valid.
+        let hi = hex4(inner, i + 2).unwrap_or(0xFFFD);
+        let (cp, used) = if (0xD800..=0xDBFF).contains(&hi) {
+            let lo = hex4(inner, i + 8).unwrap_or(0xDC00);
+            (
+                0x10000 + ((u32::from(hi) - 0xD800) << 10) + (u32::from(lo) - 0xDC00),
+                12,
+            )
+        } else {
+            (u32::from(hi), 6)
+        };
+        let ch = char::from_u32(cp).unwrap_or(char::REPLACEMENT_CHARACTER);
+        let mut buf = [0u8; 4];
+        out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+        i += used;
+    }
+    match String::from_utf8(out) {
+        Ok(s) => s,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    }
+}
+
+/// Parse a non-negative integer literal (no sign, fraction or exponent).
+pub fn parse_u64(raw: &[u8]) -> Result<u64, JsonError> {
+    if raw.is_empty() || (raw.len() > 1 && raw[0] == b'0') {
+        return Err(JsonError::NotAnInteger);
+    }
+    let mut v: u64 = 0;
+    for &d in raw {
+        if !d.is_ascii_digit() {
+            return Err(JsonError::NotAnInteger);
+        }
+        v = v
+            .checked_mul(10)
+            .and_then(|v| v.checked_add(u64::from(d - b'0')))
+            .ok_or(JsonError::NotAnInteger)?;
+    }
+    Ok(v)
+}
+
+/// True when the raw value is the literal `null`.
+pub fn is_null(raw: &[u8]) -> bool {
+    raw == b"null"
+}
+
+/// True when the raw value is a string literal (starts with a quote).
+pub fn is_string(raw: &[u8]) -> bool {
+    raw.first() == Some(&b'"')
+}
+
+/// True when the raw value is an object (starts with `{`).
+pub fn is_object(raw: &[u8]) -> bool {
+    raw.first() == Some(&b'{')
+}
+
+/// Append `s` as a JSON string literal (quotes + escapes) to `out`.
+pub fn write_string(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut run = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x00..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[run..i]);
+        if esc.is_empty() {
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 0xf)]);
+        } else {
+            out.extend_from_slice(esc);
+        }
+        run = i + 1;
+    }
+    out.extend_from_slice(&bytes[run..]);
+    out.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lim() -> Limits {
+        Limits::default()
+    }
+
+    #[test]
+    fn accepts_valid_documents() {
+        for ok in [
+            "0",
+            "-0",
+            "1.5e10",
+            "-12.25E-3",
+            "true",
+            "false",
+            "null",
+            "\"\"",
+            "\"a\\u00e9\\ud83d\\ude00\\n\\/\"",
+            " { \"a\" : [ 1 , {} , [] , \"x\" ] } ",
+            "[[[[]]]]",
+            "{\"a\":{\"b\":{\"c\":null}}}",
+            "\"h\u{e9}llo \u{1F600}\"",
+        ] {
+            assert_eq!(validate(ok.as_bytes(), &lim()), Ok(()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn rejects_invalid_documents() {
+        for bad in [
+            "",
+            " ",
+            "01",
+            "1.",
+            ".5",
+            "1e",
+            "+1",
+            "-",
+            "tru",
+            "nul",
+            "[1,]",
+            "{\"a\":1,}",
+            "{\"a\"}",
+            "{a:1}",
+            "[1 2]",
+            "\"\\x\"",
+            "\"\\u12G4\"",
+            "\"a\nb\"",
+            "{} {}",
+            "1 2",
+            "'a'",
+            "[",
+            "{\"a\":",
+            "\"abc",
+            "NaN",
+            "Infinity",
+            "[1]]",
+        ] {
+            assert!(validate(bad.as_bytes(), &lim()).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn truncation_is_reported_as_truncated() {
+        for t in ["{\"a\":[1,", "\"ab", "[tr", "{\"a\"", "\"\\u00", "-", "1e+"] {
+            assert_eq!(
+                validate(t.as_bytes(), &lim()),
+                Err(JsonError::Truncated),
+                "{t:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_invalid_utf8_in_strings_and_outside() {
+        assert_eq!(
+            validate(b"\"ab\xff\"", &lim()),
+            Err(JsonError::InvalidUtf8 { offset: 3 })
+        );
+        assert!(validate(b"[\xc3]", &lim()).is_err());
+        // Overlong encoding and a surrogate encoded directly in UTF-8.
+        assert!(validate(b"\"\xc0\xaf\"", &lim()).is_err());
+        assert!(validate(b"\"\xed\xa0\x80\"", &lim()).is_err());
+    }
+
+    #[test]
+    fn lone_surrogates_are_rejected() {
+        for s in [
+            "\"\\ud800\"",
+            "\"\\udc00\"",
+            "\"\\ud800x\"",
+            "\"\\ud800\\u0041\"",
+            "\"\\ude00\\ud83d\"",
+        ] {
+            assert!(
+                matches!(
+                    validate(s.as_bytes(), &lim()),
+                    Err(JsonError::LoneSurrogate { .. })
+                ),
+                "{s}"
+            );
+        }
+        assert!(parse_string(b"\"\\ud800\"").is_err());
+    }
+
+    #[test]
+    fn depth_limit_without_recursion() {
+        let l = Limits {
+            max_depth: 3,
+            max_len: 1 << 20,
+        };
+        assert_eq!(validate(b"[[[1]]]", &l), Ok(()));
+        assert_eq!(validate(b"[[[[1]]]]", &l), Err(JsonError::TooDeep));
+        assert_eq!(
+            validate(b"{\"a\":{\"b\":[{}]}}", &l),
+            Err(JsonError::TooDeep)
+        );
+        // Far deeper than any call stack could take if the scanner recursed.
+        let deep = "[".repeat(1_000_000);
+        assert_eq!(validate(deep.as_bytes(), &lim()), Err(JsonError::TooDeep));
+        let l0 = Limits {
+            max_depth: 0,
+            max_len: 10,
+        };
+        assert_eq!(validate(b"1", &l0), Ok(()));
+        assert_eq!(validate(b"[]", &l0), Err(JsonError::TooDeep));
+    }
+
+    #[test]
+    fn length_limit() {
+        let l = Limits {
+            max_depth: 8,
+            max_len: 4,
+        };
+        assert_eq!(validate(b"1234", &l), Ok(()));
+        assert_eq!(validate(b"12345", &l), Err(JsonError::TooLarge));
+        assert_eq!(object_members(b"{ }  ", &l), Err(JsonError::TooLarge));
+    }
+
+    #[test]
+    fn object_members_gives_exact_ranges() {
+        let doc = br#" { "a" : 1 , "b":{"x":[1,2]} ,"c" : "s" } "#;
+        let m = object_members(doc, &lim()).unwrap();
+        let got: Vec<(&str, &[u8])> = m
+            .iter()
+            .map(|(k, r)| (k.as_str(), &doc[r.clone()]))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("a", &b"1"[..]),
+                ("b", &b"{\"x\":[1,2]}"[..]),
+                ("c", &b"\"s\""[..])
+            ]
+        );
+        assert_eq!(object_members(b"{}", &lim()).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn object_members_rejects_duplicates_even_when_escaped() {
+        assert_eq!(
+            object_members(br#"{"a":1,"a":2}"#, &lim()),
+            Err(JsonError::DuplicateKey("a".into()))
+        );
+        assert_eq!(
+            object_members(br#"{"a":1,"\u0061":2}"#, &lim()),
+            Err(JsonError::DuplicateKey("a".into()))
+        );
+        // Nested objects are not interpreted, so their duplicates are the caller's business.
+        assert!(object_members(br#"{"a":{"x":1,"x":2}}"#, &lim()).is_ok());
+    }
+
+    #[test]
+    fn object_members_shape_errors() {
+        assert_eq!(object_members(b"[1]", &lim()), Err(JsonError::NotAnObject));
+        assert_eq!(object_members(b"", &lim()), Err(JsonError::Truncated));
+        assert!(object_members(b"{\"a\":1} x", &lim()).is_err());
+        assert_eq!(
+            object_members(b"{\"a\":1", &lim()),
+            Err(JsonError::Truncated)
+        );
+    }
+
+    #[test]
+    fn array_elements_ranges() {
+        let doc = b"[ 1, \"two\" ,{\"t\":3},[ ] ]";
+        let r = array_elements(doc, &lim()).unwrap();
+        let got: Vec<&[u8]> = r.iter().map(|r| &doc[r.clone()]).collect();
+        assert_eq!(got, vec![&b"1"[..], b"\"two\"", b"{\"t\":3}", b"[ ]"]);
+        assert_eq!(array_elements(b"{}", &lim()), Err(JsonError::NotAnArray));
+        assert_eq!(array_elements(b"[]", &lim()).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn parse_string_unescapes() {
+        assert_eq!(
+            parse_string(br#""a\"b\\c\/d\b\f\n\r\t\u00e9\ud83d\ude00""#).unwrap(),
+            "a\"b\\c/d\u{8}\u{c}\n\r\t\u{e9}\u{1F600}"
+        );
+        assert!(parse_string(b"\"abc\" ").is_err());
+        assert!(parse_string(b"abc").is_err());
+        assert!(parse_string(b"\"abc").is_err());
+    }
+
+    #[test]
+    fn parse_u64_integers_only() {
+        assert_eq!(parse_u64(b"0"), Ok(0));
+        assert_eq!(parse_u64(b"18446744073709551615"), Ok(u64::MAX));
+        for bad in [
+            &b"18446744073709551616"[..],
+            b"-1",
+            b"1.0",
+            b"1e3",
+            b"01",
+            b"",
+            b"\"1\"",
+        ] {
+            assert_eq!(parse_u64(bad), Err(JsonError::NotAnInteger), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn write_string_round_trips() {
+        for s in [
+            "",
+            "plain",
+            "q\"b\\",
+            "ctl\u{0}\u{1f}\n\r\t",
+            "\u{e9}\u{1F600}",
+            "</script>",
+        ] {
+            let mut out = Vec::new();
+            write_string(&mut out, s);
+            assert_eq!(validate(&out, &lim()), Ok(()));
+            assert_eq!(parse_string(&out).unwrap(), s);
+        }
+        let mut out = Vec::new();
+        write_string(&mut out, "a\u{1}");
+        assert_eq!(out, b"\"a\\u0001\"");
+    }
+
+    #[test]
+    fn lenient_members_survive_bad_utf8_and_duplicates() {
+        let doc = b"{\"request_id\":\"r1\",\"x\":\"\xff\",\"x\":1}";
+        assert!(object_members(doc, &lim()).is_err());
+        let m = members(doc, &lim(), Mode::LENIENT, 3).unwrap();
+        assert_eq!(
+            members(doc, &lim(), Mode::LENIENT, 2),
+            Err(JsonError::TooManyItems { max: 2 })
+        );
+        assert_eq!(
+            elements(b"[1,2,3]", &lim(), true, 2),
+            Err(JsonError::TooManyItems { max: 2 })
+        );
+        assert_eq!(m.len(), 3);
+        assert_eq!(&doc[m[0].1.clone()], b"\"r1\"");
+    }
+
+    #[test]
+    fn fuzz_smoke_scanner() {
+        let samples: [&[u8]; 4] = [
+            br#"{"a":[1,2,{"b":"c\u00e9"}],"d":-1.5e3,"e":null}"#,
+            b"[true,false,\"\\ud83d\\ude00\"]",
+            b"\"x\"",
+            b"{}",
+        ];
+        let mut rng = crate::proto::testutil::XorShift::new(0x5eed);
+        for round in 0..4000 {
+            let input = rng.mutate(samples[round % samples.len()]);
+            let l = Limits {
+                max_depth: 8,
+                max_len: 256,
+            };
+            let v = validate(&input, &l);
+            let m = object_members(&input, &l);
+            if let Ok(members) = &m {
+                assert!(v.is_ok(), "members ok but validate failed: {input:?}");
+                for (_, r) in members {
+                    assert!(r.end <= input.len());
+                    assert_eq!(validate(&input[r.clone()], &l), Ok(()));
+                }
+            }
+            let _ = array_elements(&input, &l);
+            let _ = parse_string(&input);
+            let _ = parse_u64(&input);
+        }
+    }
+}
