@@ -12,7 +12,7 @@ use std::time::Duration;
 use http::{HeaderMap, Method};
 use ring::rand::{SecureRandom, SystemRandom};
 
-use crate::net::http_server::{Request, Response};
+use crate::net::http_server::{Body, Request, Response};
 use crate::proto::sse;
 
 use super::rpc::{self, Reply};
@@ -26,23 +26,48 @@ const MAX_SESSIONS: usize = 1024;
 /// that buffers instead of forwarding shows up in timings.
 pub const STEP_DELAY: Duration = Duration::from_millis(20);
 
+/// How much the server tells on stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verbosity {
+    Quiet,
+    /// One line per request: method, JSON-RPC method, status.
+    Lines,
+    /// Also the MCP headers and the body received and answered (truncated),
+    /// so `make run` can show exactly what crossed the last hop.
+    Trace,
+}
+
+/// Bytes of a body shown by [`Verbosity::Trace`].
+const TRACE_BODY: usize = 600;
+/// Request headers shown by [`Verbosity::Trace`] (never credentials).
+const TRACED_HEADERS: [&str; 6] = [
+    "content-type",
+    "accept",
+    "mcp-session-id",
+    "mcp-protocol-version",
+    "mcp-method",
+    "mcp-name",
+];
+
 pub struct SampleServer {
     sessions: RefCell<VecDeque<String>>,
     rng: SystemRandom,
-    /// One stderr line per request, so `make run` shows the last hop.
-    verbose: bool,
+    verbosity: Verbosity,
 }
 
 impl SampleServer {
-    pub fn new(verbose: bool) -> SampleServer {
+    pub fn new(verbosity: Verbosity) -> SampleServer {
         SampleServer {
             sessions: RefCell::new(VecDeque::new()),
             rng: SystemRandom::new(),
-            verbose,
+            verbosity,
         }
     }
 
     pub fn respond(&self, req: Request) -> Response {
+        if self.verbosity >= Verbosity::Trace {
+            trace_request(&req);
+        }
         if req.uri.path() != MCP_PATH {
             return Response::error(404, "not_found", "the MCP endpoint is /mcp");
         }
@@ -52,7 +77,7 @@ impl SampleServer {
             _ => Response::error(405, "method_not_allowed", "use POST or DELETE")
                 .with_header("allow", "POST, DELETE"),
         };
-        if self.verbose && req.method != Method::POST {
+        if self.verbosity >= Verbosity::Lines && req.method != Method::POST {
             eprintln!(
                 "sample-server: {} {} → {}",
                 req.method, MCP_PATH, response.status
@@ -105,12 +130,17 @@ impl SampleServer {
                 last,
             } => sse_stream(notifications, last),
         };
-        if self.verbose {
+        if self.verbosity >= Verbosity::Lines {
             let method = outcome.method.as_deref().unwrap_or("-");
             eprintln!(
                 "sample-server: POST {MCP_PATH} {method} → {}",
                 response.status
             );
+        }
+        if self.verbosity >= Verbosity::Trace {
+            if let Body::Bytes(body) = &response.body {
+                eprintln!("sample-server:   answer: {}", shown(body));
+            }
         }
         match session {
             Some(id) => response.with_header(SESSION_HEADER, &id),
@@ -181,6 +211,32 @@ impl Accept {
     }
 }
 
+fn trace_request(req: &Request) {
+    let mut line = format!("sample-server: ← {} {}", req.method, req.uri.path());
+    for name in TRACED_HEADERS {
+        for value in req.headers.get_all(name) {
+            line.push_str(&format!(
+                "\n    {name}: {}",
+                String::from_utf8_lossy(value.as_bytes())
+            ));
+        }
+    }
+    if !req.body.is_empty() {
+        line.push_str(&format!("\n    body: {}", shown(&req.body)));
+    }
+    eprintln!("{line}");
+}
+
+/// A body for a log line: lossy UTF-8, cut at [`TRACE_BODY`] bytes.
+fn shown(body: &[u8]) -> String {
+    let cut = &body[..body.len().min(TRACE_BODY)];
+    let mut text = String::from_utf8_lossy(cut).into_owned();
+    if body.len() > TRACE_BODY {
+        text.push_str(&format!("… ({} bytes)", body.len()));
+    }
+    text
+}
+
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
@@ -212,7 +268,6 @@ fn sse_stream(notifications: Vec<Vec<u8>>, last: Vec<u8>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::http_server::Body;
     use smol::stream::StreamExt;
 
     fn request(method: Method, path: &str, headers: &[(&str, &str)], body: &str) -> Request {
@@ -263,7 +318,7 @@ mod tests {
 
     #[test]
     fn session_lifecycle() {
-        let server = SampleServer::new(false);
+        let server = SampleServer::new(Verbosity::Quiet);
         let init = post(&server, &[], INIT);
         assert_eq!(init.status, 200);
         let sid = header_of(&init, SESSION_HEADER).unwrap().to_owned();
@@ -307,7 +362,7 @@ mod tests {
 
     #[test]
     fn sessions_are_bounded() {
-        let server = SampleServer::new(false);
+        let server = SampleServer::new(Verbosity::Quiet);
         let first = header_of(&post(&server, &[], INIT), SESSION_HEADER)
             .unwrap()
             .to_owned();
@@ -325,7 +380,7 @@ mod tests {
 
     #[test]
     fn progress_is_an_sse_stream_ending_with_the_result() {
-        let server = SampleServer::new(false);
+        let server = SampleServer::new(Verbosity::Quiet);
         let r = post(
             &server,
             &[],
@@ -342,7 +397,7 @@ mod tests {
 
     #[test]
     fn json_answers_for_json_clients_and_sse_for_sse_only_clients() {
-        let server = SampleServer::new(false);
+        let server = SampleServer::new(Verbosity::Quiet);
         let ping = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
         let json = post(&server, &[], ping);
         assert_eq!(header_of(&json, "content-type"), Some("application/json"));
@@ -367,7 +422,7 @@ mod tests {
 
     #[test]
     fn http_level_refusals() {
-        let server = SampleServer::new(false);
+        let server = SampleServer::new(Verbosity::Quiet);
         let ping = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
         let wrong_path = server.respond(request(Method::POST, "/other", &[], ping));
         assert_eq!(wrong_path.status, 404);

@@ -26,9 +26,10 @@ use smol::LocalExecutor;
 
 use crate::net::http_server::{self, Handler, Limits};
 use crate::ops::shutdown::{watch_signals, Shutdown};
+use http::Verbosity;
 
 const USAGE: &str = "\
-Usage: mcp-tunnel sample-server [--listen ADDR] [--allow-remote] [--quiet]
+Usage: mcp-tunnel sample-server [--listen ADDR] [--allow-remote] [--quiet | --trace]
 
 A small MCP server (Streamable HTTP on /mcp) with the tools echo, add, progress.
 
@@ -37,6 +38,7 @@ Options:
                     prints `listening on ADDR` once ready
   --allow-remote    allow a non-loopback address (the server has no authentication)
   --quiet           no log line per request
+  --trace           log MCP headers and bodies (truncated) of each request and answer
   -h, --help        print this help
 ";
 
@@ -44,7 +46,7 @@ Options:
 struct Options {
     listen: SocketAddr,
     allow_remote: bool,
-    quiet: bool,
+    verbosity: Verbosity,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -76,7 +78,7 @@ fn parse(args: Vec<OsString>) -> Result<Option<Options>, UsageError> {
     use lexopt::prelude::*;
     let mut listen = SocketAddr::from(([127, 0, 0, 1], 0));
     let mut allow_remote = false;
-    let mut quiet = false;
+    let mut verbosity = Verbosity::Lines;
     let mut parser = lexopt::Parser::from_args(args);
     loop {
         let arg = match parser.next() {
@@ -93,7 +95,8 @@ fn parse(args: Vec<OsString>) -> Result<Option<Options>, UsageError> {
                 listen = text.parse().map_err(|_| UsageError::BadListen(text))?;
             }
             Long("allow-remote") => allow_remote = true,
-            Long("quiet") => quiet = true,
+            Long("quiet") => verbosity = Verbosity::Quiet,
+            Long("trace") => verbosity = Verbosity::Trace,
             Short('h') | Long("help") => return Ok(None),
             other => return Err(UsageError::Unexpected(other.unexpected().to_string())),
         }
@@ -104,7 +107,7 @@ fn parse(args: Vec<OsString>) -> Result<Option<Options>, UsageError> {
     Ok(Some(Options {
         listen,
         allow_remote,
-        quiet,
+        verbosity,
     }))
 }
 
@@ -146,7 +149,7 @@ fn serve(options: &Options) -> std::io::Result<()> {
         out.flush()?;
     }
 
-    let server = Rc::new(http::SampleServer::new(!options.quiet));
+    let server = Rc::new(http::SampleServer::new(options.verbosity));
     let handler: Rc<dyn Handler> = Rc::new(move |req| {
         let server = server.clone();
         async move { server.respond(req) }
@@ -187,7 +190,9 @@ mod tests {
     fn defaults_to_a_free_loopback_port() {
         let o = parse(args(&[])).unwrap().unwrap();
         assert_eq!(o.listen, "127.0.0.1:0".parse().unwrap());
-        assert!(!o.quiet);
+        assert_eq!(o.verbosity, Verbosity::Lines);
+        let traced = parse(args(&["--trace"])).unwrap().unwrap();
+        assert_eq!(traced.verbosity, Verbosity::Trace);
     }
 
     #[test]
