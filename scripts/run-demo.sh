@@ -73,7 +73,7 @@ CONNECTOR_KEY="$(json_field connector_key <"$WORK/init.json")"
 [[ -n "$TUNNEL_ID" && -n "$RUNTIME_KEY" && -n "$CONNECTOR_KEY" ]] \
     || die "relay init printed no credentials (is the relay built on this branch?): $(cat "$WORK/init.log")"
 
-start relay "$BIN" relay serve --state "$WORK/state" --listen 127.0.0.1:0
+start relay "$BIN" relay serve --state "$WORK/state" --listen 127.0.0.1:0 --audit-log "$WORK/audit.jsonl"
 RELAY_PORT="$(wait_listening relay)"
 start sample "$BIN" sample-server --listen 127.0.0.1:0 --trace
 SAMPLE_PORT="$(wait_listening sample)"
@@ -116,14 +116,15 @@ done
 
 mcp '{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"make-run","version":"1"}}}'
 [[ "$STATUS" == 200 ]] || die "initialize through the tunnel answered $STATUS: $(cat "$WORK/b")"
-SESSION="$(tr -d '\r' <"$WORK/h" | sed -n 's/^[Mm][Cc][Pp]-[Ss][Ss][Ee][Ss][Ss][Ii][Oo][Nn]-[Ii][Dd]: *//p' | head -n1)"
+SESSION="$(tr -d '\r' <"$WORK/h" | grep -i '^mcp-session-id:' | head -n1 | cut -d: -f2- | tr -d ' ')" || true
 SESSION_HEADERS=("MCP-Protocol-Version: 2025-11-25")
 if [[ -n "$SESSION" ]]; then SESSION_HEADERS+=("Mcp-Session-Id: $SESSION"); fi
 bold "MCP session opened through the tunnel: initialize → $STATUS, Mcp-Session-Id ${SESSION:-(none)}"
 mcp '{"jsonrpc":"2.0","method":"notifications/initialized"}' "${SESSION_HEADERS[@]}"
 
 # Marks: only what the logs say from here on belongs to the call.
-relay_mark=$(wc -l <"$WORK/relay.log"); agent_mark=$(wc -l <"$WORK/agent.log"); sample_mark=$(wc -l <"$WORK/sample.log")
+touch "$WORK/audit.jsonl"
+audit_mark=$(wc -l <"$WORK/audit.jsonl"); relay_mark=$(wc -l <"$WORK/relay.log"); agent_mark=$(wc -l <"$WORK/agent.log"); sample_mark=$(wc -l <"$WORK/sample.log")
 
 CALL='{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{"message":"'"$MESSAGE"'"}}}'
 hop "1. AI client → relay: POST $MCP_URL"
@@ -133,7 +134,8 @@ echo "$CALL" | indent
 mcp "$CALL" "${SESSION_HEADERS[@]}"
 sleep 0.2 # let the log lines land
 
-hop "2. relay → agent: the command the agent got over its long poll (relay and agent logs)"
+hop "2. relay → agent: the call became a command on the agent's long poll (relay audit line, relay and agent logs)"
+tail -n +"$((audit_mark + 1))" "$WORK/audit.jsonl" | sed 's/^/    audit │ /'
 tail -n +"$((relay_mark + 1))" "$WORK/relay.log" | sed 's/^/    relay │ /'
 tail -n +"$((agent_mark + 1))" "$WORK/agent.log" | sed 's/^/    agent │ /'
 
