@@ -70,6 +70,7 @@ class Proc:
         self.log = open(self.log_path, "ab", buffering=0)
         self.log.write(f"$ {' '.join(self.argv)}\n".encode())
         self.port: int | None = None
+        self.stopped = False
         self.stdout_lines: list[str] = []
         self._ready = threading.Event()
         full_env = dict(os.environ)
@@ -133,6 +134,9 @@ class Proc:
         return self.popen.poll() is None
 
     def stop(self, grace: float = 3.0) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
         if self.popen.poll() is None:
             try:
                 os.killpg(self.popen.pid, signal.SIGTERM)
@@ -193,7 +197,7 @@ def pytest_unconfigure(config) -> None:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_call(item):
-    marks = {p.name: p.log_path.stat().st_size if p.log_path.exists() else 0 for p in Proc.registry}
+    marks = {p.log_path: p.log_path.stat().st_size if p.log_path.exists() else 0 for p in Proc.registry}
     item.stash[_LOG_MARKS] = marks
     yield
 
@@ -209,14 +213,14 @@ def pytest_runtest_makereport(item, call):
         return
     marks = item.stash.get(_LOG_MARKS, {})
     for p in Proc.registry:
-        start = marks.get(p.name, 0)
+        start = marks.get(p.log_path, 0)
         try:
             with open(p.log_path, "rb") as f:
                 f.seek(start)
                 new = f.read()
         except OSError:
             continue
-        if not new and p.name in marks:
+        if not new:
             continue
         text = new.decode("utf-8", "replace")
         if len(text) > 12000:

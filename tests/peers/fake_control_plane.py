@@ -128,6 +128,9 @@ class Recorded:
 class Pending:
     command: dict
     shard_token: str
+    # Enqueued off-schema on purpose (e.g. an unknown command_type): the poll
+    # answer carrying it is not self-validated.
+    off_schema: bool = False
     delivered: bool = False
     done: bool = False
     posts: list[dict] = field(default_factory=list)
@@ -216,9 +219,9 @@ class FakeControlPlane:
             problems = self.spec.validate(self.spec.schema("PolledCommandList"), {"commands": [cmd]})
             if problems and not command.get("_allow_invalid"):
                 raise ValueError(f"command does not match the schema: {problems}")
-            cmd.pop("_allow_invalid", None)
+            off_schema = bool(cmd.pop("_allow_invalid", False))
             rid = cmd["request_id"]
-            self.pending[rid] = Pending(command=cmd, shard_token=cmd["shard_token"])
+            self.pending[rid] = Pending(command=cmd, shard_token=cmd["shard_token"], off_schema=off_schema)
             self.queue.append(rid)
             self.cond.notify_all()
             return rid
@@ -420,13 +423,18 @@ class FakeControlPlane:
             ids = self.queue[:limit]
             del self.queue[:limit]
             commands = []
+            off_schema = False
             for rid in ids:
                 self.pending[rid].delivered = True
                 commands.append(self.pending[rid].command)
+                off_schema |= self.pending[rid].off_schema
         if not commands:
             rec.status = 204
             return 204, b"", {}
         body = json.dumps({"commands": commands}).encode()
+        if off_schema:
+            rec.status = 200
+            return 200, body, {"Content-Type": "application/json"}
         return self._answer(rec, operation, 200, body, {"Content-Type": "application/json"})
 
     def _response(self, rec: Recorded, operation: dict):

@@ -4,7 +4,8 @@
 //
 // Prints one JSON line per scenario {"scenario", "ok", ...facts}; exits 1 when one failed.
 // Scenarios: initialize, tools, echo, progress, big, terminate.
-// Options: --steps N, --big-size BYTES, --echo-tool NAME, --progress-tool NAME, --timeout SECONDS.
+// Options: --steps N, --big-size BYTES, --echo-tool NAME, --progress-tool NAME,
+//          --timeout SECONDS (per scenario), --max-timeouts N (then the rest is not run).
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 
@@ -21,7 +22,8 @@ function parseArgs(argv) {
     bigSize: 2 * 1024 * 1024,
     echoTool: "echo",
     progressTool: "progress",
-    timeout: 60,
+    timeout: 30,
+    maxTimeouts: 2,
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -44,6 +46,7 @@ function parseArgs(argv) {
     else if (a === "--echo-tool") opts.echoTool = next();
     else if (a === "--progress-tool") opts.progressTool = next();
     else if (a === "--timeout") opts.timeout = Number(next());
+    else if (a === "--max-timeouts") opts.maxTimeouts = Number(next());
     else if (a.startsWith("--")) throw new Error(`unknown option ${a}`);
     else opts.url = a;
   }
@@ -187,13 +190,24 @@ async function main() {
     return 2;
   }
   let failed = 0;
+  let timeouts = 0;
   for (const name of opts.scenarios) {
     const out = { scenario: name, sdk: "ts" };
     const started = performance.now();
+    if (timeouts >= opts.maxTimeouts) {
+      // A peer that stopped answering would cost a timeout per scenario.
+      failed++;
+      Object.assign(out, { ok: false, error: `not run: ${timeouts} earlier scenarios timed out`, seconds: 0 });
+      process.stdout.write(JSON.stringify(out) + "\n");
+      continue;
+    }
     let timer;
     try {
       const timeout = new Promise((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`timed out after ${opts.timeout}s`)), opts.timeout * 1000);
+        timer = setTimeout(() => {
+          timeouts++;
+          reject(new Error(`timed out after ${opts.timeout}s`));
+        }, opts.timeout * 1000);
       });
       Object.assign(out, await Promise.race([handlers[name](opts), timeout]));
       out.ok = true;
