@@ -5,7 +5,7 @@ export CARGO
 E2E_PYTHON ?= .cache/venv-mcp2/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: all build run test bench lint test-deps unit no-tokio e2e
+.PHONY: all build run test bench bench-smoke lint test-deps unit no-tokio e2e
 
 all: build
 
@@ -36,6 +36,16 @@ no-tokio:
 e2e:
 	$(E2E_PYTHON) -m pytest tests/e2e $(PYTEST_ARGS)
 
+# Direct nginx vs relay+agent vs rathole (when installed: `cargo install rathole`
+# or RATHOLE=path); writes docs/benchmarks.md and prints PASS/FAIL per budget.
+bench: build
+	python3 scripts/bench.py
+
+# One short run per figure with the debug build: checks that figures come out.
+bench-smoke:
+	$(CARGO) build
+	python3 scripts/bench.py --smoke --bin target/debug/mcp-tunnel
+
 # Everything, in this order: dependencies, format, lints (both builds), unit
 # tests, the no-tokio rule, end-to-end.
 # Sequential even under `make -j`.
@@ -45,3 +55,4 @@ test:
 	$(MAKE) unit
 	$(MAKE) no-tokio
 	$(MAKE) e2e
+	$(MAKE) bench-smoke

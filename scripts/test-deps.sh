@@ -16,7 +16,8 @@ PEERS="$ROOT/tests/peers"
 
 # Debian packages the tests need. Add names here (e.g. nginx tinyproxy
 # busybox-static openssl); apt-get update runs only when one is missing.
-APT_PACKAGES=()
+# openssl: test certificates; tinyproxy: a real CONNECT proxy (tests/edge_proxy.rs, agent_edge.rs).
+APT_PACKAGES=(openssl tinyproxy)
 
 log() { printf 'test-deps: %s\n' "$*" >&2; }
 
