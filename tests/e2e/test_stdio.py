@@ -40,9 +40,7 @@ from conftest import (
 
 ECHO_MESSAGE = 'hello through the tunnel: ünïcødé ✓ "quotes" \\ back'
 STEPS = 5
-# 1 MiB: a string result travels twice (content and structuredContent), and
-# the relay takes response posts up to 4 MiB by default.
-BIG = 1024 * 1024
+BIG = 2 * 1024 * 1024
 LEGACY = "2025-11-25"
 SCENARIO_TIMEOUT = 20
 EVERYTHING_JS = NODE_PEERS / "node_modules" / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
