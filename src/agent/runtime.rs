@@ -342,6 +342,9 @@ struct StopTargets(Vec<Arc<Target>>);
 impl Drop for StopTargets {
     fn drop(&mut self) {
         for t in &self.0 {
+            t.request_stop();
+        }
+        for t in &self.0 {
             t.stop();
         }
     }

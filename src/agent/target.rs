@@ -33,6 +33,13 @@ impl Target {
         matches!(self, Target::Stdio(_))
     }
 
+    /// Begins stopping what the target runs, without waiting.
+    pub fn request_stop(&self) {
+        if let Target::Stdio(t) = self {
+            t.request_stop();
+        }
+    }
+
     /// Stops what the target runs (stdio: the child process). Idempotent.
     pub fn stop(&self) {
         if let Target::Stdio(t) = self {

@@ -194,14 +194,20 @@ impl StdioTarget {
         }
     }
 
-    /// Closes stdin, then SIGTERM and SIGKILL after the grace periods; reaps.
-    /// Returns once the supervisor (and so the child) is gone.
-    pub fn stop(&self) {
+    /// Starts the stop sequence without waiting for it (several channels stop
+    /// in parallel, each within its own grace periods).
+    pub fn request_stop(&self) {
         {
             let mut st = self.shared.lock();
             st.stopping = true;
         }
         self.shared.changed.notify_all();
+    }
+
+    /// Closes stdin, then SIGTERM and SIGKILL after the grace periods; reaps.
+    /// Returns once the supervisor (and so the child) is gone.
+    pub fn stop(&self) {
+        self.request_stop();
         let handle = self
             .supervisor
             .lock()
