@@ -14,3 +14,7 @@ lint:
 
 test: lint
 	$(CARGO) test
+
+# Coverage-guided fuzzing of src/proto (tests/fuzz); FUZZ_SECONDS per target.
+fuzz:
+	scripts/fuzz.sh $(FUZZ_SECONDS)
