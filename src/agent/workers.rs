@@ -1,11 +1,15 @@
-//! The bounded worker pool: up to `max-concurrent-requests` threads fed by a
-//! queue of at most `max-inflight` commands. Blocking MCP calls and response
-//! posts happen here, never on the async loop.
+//! The bounded worker pools. Each pool has its own threads and a queue of at
+//! most `max-inflight` commands, and serves a set of channels: all HTTP
+//! channels share one pool of `max-concurrent-requests` threads; each stdio
+//! channel has a pool of one thread (one request in flight per child); commands
+//! for a channel nobody serves go to a one-thread pool that answers them with
+//! an error. A slow channel therefore never takes another channel's threads.
+//! Blocking MCP calls and response posts happen here, never on the async loop.
 //!
-//! Workers start on demand: one at first, another whenever a command is queued
-//! and no worker is idle, up to the maximum. An agent that serves one request
-//! at a time keeps one worker thread (its stack, its buffers, and with glibc
-//! its malloc arena) instead of the configured maximum.
+//! Threads start on demand: one per pool at first, another whenever a command
+//! is queued and none of the pool's threads is idle, up to the pool's size. An
+//! agent serving one request at a time keeps one worker thread (its stack, its
+//! buffers and, with glibc, its malloc arena) instead of the configured maximum.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,43 +18,90 @@ use std::sync::Arc;
 use smol::channel::{bounded, Receiver, Sender};
 
 use super::dispatch::{handle, Job, WorkerBuffers, WorkerCtx};
+use crate::proto::channel::Channel;
 
-/// Stack of a worker thread. A command's deepest path (ureq, rustls, the SSE
-/// parser; the JSON scanner keeps its own stack on the heap) needs far less;
-/// the default 2 MiB is address space, this keeps the reservation honest.
+/// Stack of a worker or lane thread. A command's deepest path (ureq, rustls,
+/// the SSE parser; the JSON scanner keeps its own stack on the heap) needs far
+/// less; the default 2 MiB is only address space, this keeps it honest.
 pub const WORKER_STACK: usize = 256 * 1024;
 
-pub struct Workers {
-    tx: Sender<Job>,
-    /// Commands accepted and not yet finished (queued + running).
-    inflight: Arc<AtomicUsize>,
-    done_rx: Receiver<()>,
-    pool: Pool,
+/// One pool: a thread name prefix, its size and the channels it serves
+/// (empty: the pool for channels nobody serves).
+pub struct PoolSpec {
+    pub name: String,
+    pub threads: usize,
+    pub channels: Vec<Channel>,
 }
 
-/// What starting another worker needs.
 struct Pool {
+    name: String,
+    channels: Vec<Channel>,
+    tx: Sender<Job>,
     rx: Receiver<Job>,
-    ctx: Arc<WorkerCtx>,
-    done_tx: Sender<()>,
-    /// Workers waiting for a job.
+    /// Threads waiting for a job.
     idle: Arc<AtomicUsize>,
     started: AtomicUsize,
     max: usize,
 }
 
-impl Pool {
-    fn spawn(&self, inflight: &Arc<AtomicUsize>) -> std::io::Result<()> {
-        let i = self.started.load(Ordering::Acquire);
-        let rx = self.rx.clone();
+pub struct Workers {
+    pools: Vec<Pool>,
+    /// Commands accepted and not yet finished (queued + running).
+    inflight: Arc<AtomicUsize>,
+    done_tx: Sender<()>,
+    done_rx: Receiver<()>,
+    ctx: Arc<WorkerCtx>,
+}
+
+impl Workers {
+    /// Prepares every pool and starts its first thread. Fails only if a pool
+    /// could not start that one thread.
+    pub fn start(
+        specs: Vec<PoolSpec>,
+        queue: usize,
+        ctx: Arc<WorkerCtx>,
+    ) -> std::io::Result<Workers> {
+        // One pending wake-up is enough: the loop re-reads the counter.
+        let (done_tx, done_rx) = bounded::<()>(1);
+        let mut workers = Workers {
+            pools: Vec::with_capacity(specs.len()),
+            inflight: Arc::new(AtomicUsize::new(0)),
+            done_tx,
+            done_rx,
+            ctx,
+        };
+        for spec in specs {
+            let (tx, rx) = bounded::<Job>(queue.max(1));
+            let pool = Pool {
+                name: spec.name,
+                channels: spec.channels,
+                tx,
+                rx,
+                idle: Arc::new(AtomicUsize::new(0)),
+                started: AtomicUsize::new(0),
+                max: spec.threads.max(1),
+            };
+            if let Err(e) = workers.spawn(&pool) {
+                // Threads already started end once their queues close.
+                workers.close();
+                return Err(e);
+            }
+            workers.pools.push(pool);
+        }
+        Ok(workers)
+    }
+
+    fn spawn(&self, pool: &Pool) -> std::io::Result<()> {
+        let i = pool.started.load(Ordering::Acquire);
+        let rx = pool.rx.clone();
         let ctx = self.ctx.clone();
-        let inflight = inflight.clone();
+        let inflight = self.inflight.clone();
         let done_tx = self.done_tx.clone();
-        let idle = self.idle.clone();
+        let idle = pool.idle.clone();
         // Counted idle before it runs, so a burst does not start one thread per job.
         idle.fetch_add(1, Ordering::AcqRel);
         let spawned = std::thread::Builder::new()
-            .name(format!("mcp-worker-{i}"))
+            .name(format!("{}-{i}", pool.name))
             .stack_size(WORKER_STACK)
             .spawn(move || {
                 let mut bufs = WorkerBuffers::default();
@@ -64,79 +115,60 @@ impl Pool {
             });
         match spawned {
             Ok(_) => {
-                self.started.store(i + 1, Ordering::Release);
+                pool.started.store(i + 1, Ordering::Release);
                 Ok(())
             }
             Err(e) => {
-                self.idle.fetch_sub(1, Ordering::AcqRel);
+                pool.idle.fetch_sub(1, Ordering::AcqRel);
                 Err(e)
             }
         }
     }
-}
 
-impl Workers {
-    /// Prepares up to `threads` workers and starts the first. Fails only if
-    /// that one cannot start.
-    pub fn start(threads: usize, queue: usize, ctx: Arc<WorkerCtx>) -> std::io::Result<Workers> {
-        let (tx, rx) = bounded::<Job>(queue.max(1));
-        // One pending wake-up is enough: the loop re-reads the counter.
-        let (done_tx, done_rx) = bounded::<()>(1);
-        let inflight = Arc::new(AtomicUsize::new(0));
-        let pool = Pool {
-            rx,
-            ctx,
-            done_tx,
-            idle: Arc::new(AtomicUsize::new(0)),
-            started: AtomicUsize::new(0),
-            max: threads.max(1),
-        };
-        pool.spawn(&inflight)?;
-        Ok(Workers {
-            tx,
-            inflight,
-            done_rx,
-            pool,
-        })
+    /// Starts threads while a pool's queued commands outnumber its idle threads.
+    fn grow(&self, pool: &Pool) {
+        while pool.tx.len() > pool.idle.load(Ordering::Acquire)
+            && pool.started.load(Ordering::Acquire) < pool.max
+        {
+            if let Err(e) = self.spawn(pool) {
+                // The running threads still serve the queue, only slower.
+                log::warn!(
+                    "cannot start another {} thread ({e}); continuing with {}",
+                    pool.name,
+                    pool.started.load(Ordering::Acquire)
+                );
+                break;
+            }
+        }
     }
 
     pub fn inflight(&self) -> usize {
         self.inflight.load(Ordering::Acquire)
     }
 
-    /// Worker threads started so far.
-    pub fn threads(&self) -> usize {
-        self.pool.started.load(Ordering::Acquire)
+    fn pool_for(&self, channel: &Channel) -> Option<&Pool> {
+        self.pools
+            .iter()
+            .find(|p| p.channels.contains(channel))
+            .or_else(|| self.pools.iter().find(|p| p.channels.is_empty()))
+            .or_else(|| self.pools.first())
     }
 
-    /// Moves commands from `overflow` into the queue while there is room, and
-    /// starts a worker when queued commands outnumber the idle ones.
+    /// Moves commands from `overflow` into their pools' queues while there is room.
     pub fn feed(&self, overflow: &mut VecDeque<Job>) {
         while let Some(job) = overflow.pop_front() {
+            let Some(pool) = self.pool_for(&job.command.channel) else {
+                overflow.push_front(job);
+                break;
+            };
             self.inflight.fetch_add(1, Ordering::AcqRel);
-            if let Err(e) = self.tx.try_send(job) {
-                // Full (or closed after the drain): keep it for later.
+            if let Err(e) = pool.tx.try_send(job) {
+                // Full (or closed after the drain): keep it for later, in order.
                 self.inflight.fetch_sub(1, Ordering::AcqRel);
                 overflow.push_front(e.into_inner());
                 break;
             }
-            self.grow();
-        }
-    }
-
-    fn grow(&self) {
-        let pool = &self.pool;
-        while self.tx.len() > pool.idle.load(Ordering::Acquire)
-            && pool.started.load(Ordering::Acquire) < pool.max
-        {
-            if let Err(e) = pool.spawn(&self.inflight) {
-                // The running workers still serve the queue, only slower.
-                log::warn!(
-                    "cannot start another worker thread ({e}); continuing with {}",
-                    self.threads()
-                );
-                break;
-            }
+            self.grow(pool);
         }
     }
 
@@ -145,8 +177,10 @@ impl Workers {
         let _ = self.done_rx.recv().await;
     }
 
-    /// No more commands: workers exit once the queue is empty.
+    /// No more commands: workers exit once their queues are empty.
     pub fn close(&self) {
-        self.tx.close();
+        for p in &self.pools {
+            p.tx.close();
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! Shared network plumbing with no protocol knowledge.
 
 pub mod http_server;
+pub mod proxy;
+pub mod tls_client;
 
 #[cfg(feature = "relay")]
 pub mod tls_listener;
