@@ -7,9 +7,8 @@ use std::time::Duration;
 use smol::channel::Receiver;
 use smol::future;
 
-use super::control_plane::PollResult;
 use super::dispatch::Job;
-use super::poller::accept;
+use super::poller::Polled;
 use super::workers::Workers;
 
 /// Waits until no command is in flight or `timeout` passes. A poll still
@@ -18,12 +17,12 @@ use super::workers::Workers;
 /// Returns the number of commands abandoned at the timeout.
 pub async fn drain(
     workers: &Workers,
-    mut pending: Option<Receiver<PollResult>>,
+    mut pending: Option<Receiver<Polled>>,
     mut overflow: VecDeque<Job>,
     timeout: Duration,
 ) -> usize {
     enum Ev {
-        Poll(Option<PollResult>),
+        Poll(Option<Polled>),
         Done,
         Timeout,
     }
@@ -56,12 +55,11 @@ pub async fn drain(
         match ev {
             Ev::Poll(result) => {
                 pending = None;
-                if let Some(PollResult::Batch { receipt, commands }) = result {
+                if let Some(Polled::Queued { count, rest }) = result {
                     log::info!(
-                        "a poll returned {} command(s) during the drain; processing them",
-                        commands.len()
+                        "a poll returned {count} command(s) during the drain; processing them"
                     );
-                    accept(receipt, commands, &mut overflow);
+                    overflow.extend(rest);
                 }
             }
             Ev::Done => {}

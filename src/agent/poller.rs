@@ -25,7 +25,7 @@ pub const MAX_POLL_LIMIT: usize = 25;
 pub struct Poller<'a> {
     pub cp: Arc<ControlPlane>,
     pub lane: &'a Lane,
-    pub workers: &'a Workers,
+    pub workers: &'a Arc<Workers>,
     pub readiness: Arc<Readiness>,
     pub shutdown: Shutdown,
     pub max_inflight: usize,
@@ -37,11 +37,35 @@ pub enum LoopEnd {
     /// any arrive during the drain, are still processed), and commands of the
     /// last batch may still wait for a queue slot.
     Stopped {
-        pending: Option<Receiver<PollResult>>,
+        pending: Option<Receiver<Polled>>,
         overflow: VecDeque<Job>,
     },
     /// Polling cannot continue (the tunnel does not exist): the message says why.
     Terminal(String),
+}
+
+/// What the poll thread hands back to the loop.
+pub enum Polled {
+    /// A batch: already queued to the workers from the poll thread, so a
+    /// command reaches a worker without waiting for the loop to wake up;
+    /// `rest` did not fit and waits, in order. `count` is the batch's size.
+    Queued { count: usize, rest: VecDeque<Job> },
+    /// Anything else a poll produced.
+    Other(PollResult),
+}
+
+/// One poll on the poll thread; a batch goes straight to the workers.
+pub fn poll_and_queue(cp: &ControlPlane, workers: &Workers, limit: usize) -> Polled {
+    match cp.poll(limit) {
+        PollResult::Batch { receipt, commands } => {
+            let count = commands.len();
+            let mut rest = VecDeque::with_capacity(count);
+            accept(receipt, commands, &mut rest);
+            workers.feed(&mut rest);
+            Polled::Queued { count, rest }
+        }
+        other => Polled::Other(other),
+    }
 }
 
 enum Wake<T> {
@@ -86,16 +110,25 @@ impl Poller<'_> {
             }
             let limit = free.min(MAX_POLL_LIMIT);
             let cp = self.cp.clone();
-            let rx = self.lane.run(move || cp.poll(limit));
+            let workers = self.workers.clone();
+            let rx = self.lane.run(move || poll_and_queue(&cp, &workers, limit));
             let result = match self.or_stop(rx.recv()).await {
                 Wake::Stop => return stopped(Some(rx), overflow),
                 Wake::Value(Ok(r)) => r,
                 Wake::Value(Err(_)) => return LoopEnd::Terminal("the poll thread stopped".into()),
             };
-            let delay = match result {
-                PollResult::Batch { receipt, commands } => {
+            let result = match result {
+                Polled::Queued { rest, .. } => {
                     self.recovered(&mut last_problem);
-                    accept(receipt, commands, &mut overflow);
+                    overflow.extend(rest);
+                    continue;
+                }
+                Polled::Other(r) => r,
+            };
+            let delay = match result {
+                // A batch arrives as `Polled::Queued`.
+                PollResult::Batch { .. } => {
+                    self.recovered(&mut last_problem);
                     continue;
                 }
                 PollResult::Idle => {

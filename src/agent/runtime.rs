@@ -199,7 +199,7 @@ async fn run_async(
         max_request_duration: cfg.max_request_duration,
     });
     let workers = match Workers::start(built.pools, cfg.max_inflight, ctx) {
-        Ok(w) => w,
+        Ok(w) => Arc::new(w),
         Err(e) => {
             log::error!("cannot start worker threads: {e}");
             return EXIT_FAILURE;

@@ -91,8 +91,18 @@ impl Workers {
         Ok(workers)
     }
 
-    fn spawn(&self, pool: &Pool) -> std::io::Result<()> {
-        let i = pool.started.load(Ordering::Acquire);
+    /// Starts one more thread for `pool` unless it has its maximum; returns
+    /// whether one started. The slot is taken atomically: the poll thread and
+    /// the async loop both feed the queues.
+    fn spawn(&self, pool: &Pool) -> std::io::Result<bool> {
+        let Ok(i) = pool
+            .started
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < pool.max).then_some(n + 1)
+            })
+        else {
+            return Ok(false);
+        };
         let rx = pool.rx.clone();
         let ctx = self.ctx.clone();
         let inflight = self.inflight.clone();
@@ -114,12 +124,10 @@ impl Workers {
                 }
             });
         match spawned {
-            Ok(_) => {
-                pool.started.store(i + 1, Ordering::Release);
-                Ok(())
-            }
+            Ok(_) => Ok(true),
             Err(e) => {
                 pool.idle.fetch_sub(1, Ordering::AcqRel);
+                pool.started.fetch_sub(1, Ordering::AcqRel);
                 Err(e)
             }
         }
@@ -127,17 +135,19 @@ impl Workers {
 
     /// Starts threads while a pool's queued commands outnumber its idle threads.
     fn grow(&self, pool: &Pool) {
-        while pool.tx.len() > pool.idle.load(Ordering::Acquire)
-            && pool.started.load(Ordering::Acquire) < pool.max
-        {
-            if let Err(e) = self.spawn(pool) {
-                // The running threads still serve the queue, only slower.
-                log::warn!(
-                    "cannot start another {} thread ({e}); continuing with {}",
-                    pool.name,
-                    pool.started.load(Ordering::Acquire)
-                );
-                break;
+        while pool.tx.len() > pool.idle.load(Ordering::Acquire) {
+            match self.spawn(pool) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    // The running threads still serve the queue, only slower.
+                    log::warn!(
+                        "cannot start another {} thread ({e}); continuing with {}",
+                        pool.name,
+                        pool.started.load(Ordering::Acquire)
+                    );
+                    break;
+                }
             }
         }
     }
