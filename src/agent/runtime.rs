@@ -115,7 +115,7 @@ async fn run_async(
         .targets
         .iter()
         .filter_map(|t| match &t.spec {
-            TargetSpec::Http { edge, .. } => Some((channel_list(&t.channels), edge)),
+            TargetSpec::Http { edge, .. } => Some((channel_list(&t.channels), edge.as_ref())),
             TargetSpec::Stdio { .. } => None,
         })
         .collect();

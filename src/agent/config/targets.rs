@@ -31,7 +31,7 @@ pub enum TargetSpec {
     Http {
         url: String,
         headers: Vec<ExtraHeader>,
-        edge: ChannelEdge,
+        edge: Box<ChannelEdge>,
     },
     /// A child process, argv already split (no shell).
     Stdio { argv: Vec<String> },
@@ -136,7 +136,7 @@ struct UrlEntry {
     channel: Option<Channel>,
     url: String,
     headers: Vec<ExtraHeader>,
-    edge: ChannelEdge,
+    edge: Box<ChannelEdge>,
 }
 
 const URL_ENTRY_FORM: &str = "expected channel=NAME,url=URL[,header=Name:value…][,http-proxy=URL][,client-cert=PATH,client-key=PATH][,ca-bundle=PATH]";
@@ -154,7 +154,7 @@ fn parse_url_entry(
             channel: None,
             url,
             headers: Vec::new(),
-            edge: ChannelEdge::default(),
+            edge: Box::default(),
         });
     }
     let (mut channel, mut url, mut headers) = (None, None, Vec::new());
@@ -199,7 +199,7 @@ fn parse_url_entry(
         channel: Some(channel),
         url,
         headers,
-        edge,
+        edge: Box::new(edge),
     })
 }
 
