@@ -167,9 +167,22 @@ pub async fn handle(
     let channel_name = channel.as_deref().unwrap_or("main");
     let mut ex = Exchange::new(hub.clone(), &req, &tunnel_id, channel_name);
     let (cred, auth_is_relay_key) = credential(&req);
-    let principal = match hub.authorize(cred, &tunnel_id, Role::Connector) {
+    let principal = match hub.authorize(
+        cred,
+        req.client_cert.as_deref(),
+        &tunnel_id,
+        Role::Connector,
+    ) {
         Ok(p) => p,
         Err(e) => return ex.fail(e.status(), e.code(), e.message()),
+    };
+    // Admitted by certificate alone, the relay did not use `Authorization`:
+    // it belongs to the MCP server — unless it carries a relay key, which
+    // must never reach the agent's side.
+    let auth_is_relay_key = if principal.keyless {
+        bearer_of(&req.headers, "authorization").is_some_and(|k| k.starts_with(keys::SECRET_PREFIX))
+    } else {
+        auth_is_relay_key
     };
     ex.record.org = principal.org_id.clone();
     ex.record.key_id = principal.key_id.clone();
