@@ -18,7 +18,7 @@
 //! certificate answers, any key sent is ignored). A `cert` tunnel is found by
 //! its id before any credential is checked, so a caller without credentials
 //! learns that such a tunnel exists (401 `client_certificate_required` rather
-//! than `missing_api_key`); tunnel ids are 160-bit random, so this names only
+//! than `missing_api_key`); tunnel ids are 32 random characters (~165 bits), so this names only
 //! tunnels the caller already knows.
 
 use std::fmt;
