@@ -286,8 +286,19 @@ fn transport_text(e: &ureq::Error) -> String {
     }
 }
 
-/// The proxy and TLS steps of one request through the agent's client;
-/// returns whether the request got an HTTP answer past them.
+/// How far one request got past the proxy and TLS steps.
+#[derive(Debug, PartialEq, Eq)]
+enum Past {
+    /// An HTTP answer arrived.
+    Answered,
+    /// A proxy or TLS failure was recorded; the next check is not reached.
+    Stopped,
+    /// Another transport error, not attributable to the proxy or TLS: the
+    /// caller reports it on the next check.
+    Transport,
+}
+
+/// The proxy and TLS checks of one request through the agent's client.
 fn edge_steps(
     r: &mut Report,
     result: &Result<http::Response<ureq::Body>, ureq::Error>,
@@ -296,37 +307,49 @@ fn edge_steps(
     tls_name: &'static str,
     tls_ok: String,
     hop: Hop,
-) -> bool {
+) -> Past {
     let err = result.as_ref().err();
     if let Some(origin) = proxy {
-        match err.and_then(proxy_failure) {
-            Some(f) => {
+        match err {
+            Some(e) if proxy_failure(e).is_some() || tls_failure(e).is_none() => {
+                let detail = match proxy_failure(e) {
+                    Some(f) => f.reason(),
+                    None => format!("no answer through the proxy: {}", transport_text(e)),
+                };
                 r.push(Check::fail(
                     "proxy CONNECT",
-                    f.reason(),
-                    format!(
-                        "check the proxy URL, user and password in {origin}, or the proxy's policy"
-                    ),
+                    detail,
+                    format!("check the proxy URL, user and password in {origin}, and the proxy's policy for this destination"),
                 ));
                 if https {
                     r.push(Check::skip(tls_name, "not reached"));
                 }
-                return false;
+                return Past::Stopped;
             }
-            None => r.push(Check::pass("proxy CONNECT", "the proxy opened the tunnel")),
+            // An answer, or a TLS verdict from the far end: the tunnel was open.
+            _ => r.push(Check::pass("proxy CONNECT", "the proxy opened the tunnel")),
         }
     }
-    if https {
-        match err.and_then(tls_failure) {
-            Some(f) => {
+    match (err, https) {
+        (None, true) => r.push(Check::pass(tls_name, tls_ok)),
+        (None, false) => {}
+        (Some(e), _) => match tls_failure(e) {
+            Some(f) if https => {
                 r.push(Check::fail(tls_name, f.reason(), tls_fix(f, hop)));
-                return false;
+                return Past::Stopped;
             }
-            None if err.is_none() => r.push(Check::pass(tls_name, tls_ok)),
-            None => {}
-        }
+            _ => {
+                if https {
+                    r.push(Check::skip(
+                        tls_name,
+                        "no verdict: the connection failed before the handshake finished",
+                    ));
+                }
+                return Past::Transport;
+            }
+        },
     }
-    err.is_none()
+    Past::Answered
 }
 
 /// Runs every check against the configured control plane and MCP server.
@@ -484,7 +507,7 @@ fn control_plane_steps(
     if let Some(id) = &cfg.edge.cp_identity {
         tls_ok.push_str(&format!("; presented {}", identity_text(id)));
     }
-    let passed = edge_steps(
+    let past = edge_steps(
         r,
         &result,
         proxy_origin.as_deref(),
@@ -493,23 +516,22 @@ fn control_plane_steps(
         tls_ok,
         Hop::ControlPlane,
     );
-    let mut resp = match result {
-        Ok(resp) if passed => resp,
-        Ok(_) => return,
-        Err(e) => {
-            if super::edge::failure(&e).is_none() {
-                r.push(Check::fail(
-                    "control-plane auth",
-                    format!(
-                        "no answer to GET /v1/tunnels/{}: {}",
-                        cfg.tunnel_id,
-                        transport_text(&e)
-                    ),
-                    "check that the control plane is up and nothing between resets the connection",
-                ));
-            } else {
-                r.push(Check::skip("control-plane auth", "not reached"));
-            }
+    let mut resp = match (result, past) {
+        (Ok(resp), Past::Answered) => resp,
+        (Err(e), Past::Transport) => {
+            r.push(Check::fail(
+                "control-plane auth",
+                format!(
+                    "no answer to GET /v1/tunnels/{}: {}",
+                    cfg.tunnel_id,
+                    transport_text(&e)
+                ),
+                "check that the control plane is up and nothing between resets the connection",
+            ));
+            return;
+        }
+        _ => {
+            r.push(Check::skip("control-plane auth", "not reached"));
             return;
         }
     };
@@ -598,20 +620,19 @@ fn mcp_steps(
     if let Some(id) = &cfg.edge.mcp_identity {
         tls_ok.push_str(&format!("; presented {}", identity_text(id)));
     }
-    let passed = edge_steps(r, &result, None, https, "TLS MCP server", tls_ok, Hop::Mcp);
-    let resp = match result {
-        Ok(resp) if passed => resp,
-        Ok(_) => return,
-        Err(e) => {
-            if super::edge::failure(&e).is_none() {
-                r.push(Check::fail(
-                    "MCP server",
-                    format!("{}: {}", redacted(url), transport_text(&e)),
-                    format!("start the MCP server, or correct {}", Hop::Mcp.url_flag()),
-                ));
-            } else {
-                r.push(Check::skip("MCP server", "not reached"));
-            }
+    let past = edge_steps(r, &result, None, https, "TLS MCP server", tls_ok, Hop::Mcp);
+    let resp = match (result, past) {
+        (Ok(resp), Past::Answered) => resp,
+        (Err(e), Past::Transport) => {
+            r.push(Check::fail(
+                "MCP server",
+                format!("{}: {}", redacted(url), transport_text(&e)),
+                format!("start the MCP server, or correct {}", Hop::Mcp.url_flag()),
+            ));
+            return;
+        }
+        _ => {
+            r.push(Check::skip("MCP server", "not reached"));
             return;
         }
     };
@@ -667,4 +688,81 @@ fn mcp_steps(
             format!("reachable; answered HTTP {status} to the initialize probe"),
         ),
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn steps(e: ureq::Error, proxy: bool, https: bool) -> (Past, Vec<(String, Status)>) {
+        let mut r = Report::default();
+        let past = edge_steps(
+            &mut r,
+            &Err(e),
+            proxy.then_some("--http-proxy / TUNNEL_CLIENT_HTTP_PROXY"),
+            https,
+            "TLS x",
+            String::new(),
+            Hop::ControlPlane,
+        );
+        let v = r
+            .checks
+            .iter()
+            .map(|c| (c.name.to_string(), c.status))
+            .collect();
+        (past, v)
+    }
+
+    fn v(list: &[(&str, Status)]) -> Vec<(String, Status)> {
+        list.iter().map(|(n, s)| (n.to_string(), *s)).collect()
+    }
+
+    #[test]
+    fn failures_are_attributed_to_the_step_that_failed() {
+        use Status::*;
+        let proxy_407 =
+            || ureq::Error::ConnectProxyFailed("proxy server responded 407/Proxy Auth".into());
+        let unknown_ca = || {
+            ureq::Error::Rustls(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer,
+            ))
+        };
+        let reset = || ureq::Error::Io(std::io::ErrorKind::ConnectionReset.into());
+        assert_eq!(
+            steps(proxy_407(), true, true),
+            (
+                Past::Stopped,
+                v(&[("proxy CONNECT", Fail), ("TLS x", Skip)])
+            )
+        );
+        assert_eq!(
+            steps(unknown_ca(), true, true),
+            (
+                Past::Stopped,
+                v(&[("proxy CONNECT", Pass), ("TLS x", Fail)])
+            )
+        );
+        assert_eq!(
+            steps(reset(), true, false),
+            (Past::Stopped, v(&[("proxy CONNECT", Fail)]))
+        );
+        assert_eq!(
+            steps(reset(), false, true),
+            (Past::Transport, v(&[("TLS x", Skip)]))
+        );
+        assert_eq!(steps(reset(), false, false), (Past::Transport, v(&[])));
+    }
+
+    #[test]
+    fn fixes_name_the_hop_flags() {
+        assert!(tls_fix(TlsFailure::UnknownCa, Hop::Mcp).contains("--ca-bundle"));
+        assert!(tls_fix(TlsFailure::ClientCertRequired, Hop::Mcp).contains("--mcp.client-cert"));
+        assert!(tls_fix(TlsFailure::HostnameMismatch, Hop::ControlPlane)
+            .contains("--control-plane.base-url"));
+        let url: http::Uri = "https://h.example:8443/mcp?token=s3cret".parse().unwrap();
+        assert_eq!(redacted(&url), "https://h.example:8443/mcp");
+        assert_eq!(host_port(&url), ("h.example".to_string(), 8443));
+        let v6: http::Uri = "http://[::1]/mcp".parse().unwrap();
+        assert_eq!(host_port(&v6), ("::1".to_string(), 80));
+    }
 }
