@@ -128,6 +128,14 @@ fn a_healthy_setup_passes_every_check() {
         matches!(o.get("ok"), Some(miniserde::json::Value::Bool(true))),
         "{json}"
     );
+    // An auth-protected MCP endpoint (the relay's own, without a key) is reachable.
+    let protected = format!("http://{}/v1/mcp/{}", w.relay, w.init.tunnel);
+    let (code, out) = w.doctor(&w.http(), &w.init.runtime_key, &protected, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        line(&out, "MCP server").contains("answered HTTP 401 (auth-protected"),
+        "{out}"
+    );
 }
 
 #[test]
