@@ -387,3 +387,28 @@ fn client_ca_flags_are_checked_at_startup() {
     assert_eq!(code, 0);
     assert!(help.contains("bind-cert") && help.contains("client_certificate_required"));
 }
+
+#[test]
+fn require_client_cert_refuses_handshakes_without_one() {
+    let Some(p) = pki("require_client_cert_refuses_handshakes_without_one") else {
+        return;
+    };
+    let init = relay_init(&scratch("mtls-required"));
+    let (_relay, addr) = init.serve(&[
+        "--tls-cert",
+        p.server.0.to_str().unwrap(),
+        "--tls-key",
+        p.server.1.to_str().unwrap(),
+        "--client-ca",
+        p.ca.to_str().unwrap(),
+        "--require-client-cert",
+    ]);
+    let url = format!("https://{addr}/v1/tunnels/{}", init.tunnel);
+    let bearer = format!("Bearer {}", init.runtime_key);
+    let headers = [("Authorization", bearer.as_str())];
+    let e = https(p, None, "GET", &url, &headers, None).expect_err("no certificate, no TLS");
+    eprintln!("without a certificate: {e} ({:?})", tls_failure(&e));
+    // A key tunnel with a certificate presented: the key decides, as before.
+    let a = https(p, Some(&p.client_pkcs8), "GET", &url, &headers, None).expect("answer");
+    assert_eq!(a.status, 200, "{a:?}");
+}

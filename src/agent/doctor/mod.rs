@@ -352,12 +352,31 @@ fn edge_steps(
     Past::Answered
 }
 
+/// The MCP server the doctor probes and the static headers sent to it: the
+/// one place that reads the MCP target settings.
+struct McpTarget<'a> {
+    url: &'a str,
+    headers: Vec<(&'a str, &'a str)>,
+}
+
+fn mcp_target(cfg: &AgentConfig) -> McpTarget<'_> {
+    McpTarget {
+        url: &cfg.mcp_server_url,
+        headers: cfg
+            .mcp_extra_headers
+            .iter()
+            .map(|h| (h.name.as_str(), h.value.expose()))
+            .collect(),
+    }
+}
+
 /// Runs every check against the configured control plane and MCP server.
 pub fn diagnose(cfg: &AgentConfig) -> Report {
     let mut r = Report::default();
+    let target = mcp_target(cfg);
     let (Ok(cp_url), Ok(mcp_url)) = (
         cfg.base_url.parse::<http::Uri>(),
-        cfg.mcp_server_url.parse::<http::Uri>(),
+        target.url.parse::<http::Uri>(),
     ) else {
         // The configuration validated both; this cannot happen.
         r.push(Check::fail(
@@ -395,7 +414,7 @@ pub fn diagnose(cfg: &AgentConfig) -> Report {
     let (cp_agent, mcp_agent) = agents(&opts(1), &opts(1), edge::clients(&cfg.edge, &cfg.base_url));
 
     control_plane_steps(&mut r, cfg, &cp_url, &choice, cp_agent, &decls, &trust_text);
-    mcp_steps(&mut r, cfg, &mcp_url, mcp_agent, &trust_text);
+    mcp_steps(&mut r, cfg, &target, &mcp_url, mcp_agent, &trust_text);
     r
 }
 
@@ -581,6 +600,7 @@ fn control_plane_steps(
 fn mcp_steps(
     r: &mut Report,
     cfg: &AgentConfig,
+    target: &McpTarget<'_>,
     url: &http::Uri,
     agent: ureq::Agent,
     trust_text: &str,
@@ -605,11 +625,11 @@ fn mcp_steps(
         return;
     }
     let mut req = agent
-        .post(&cfg.mcp_server_url)
+        .post(target.url)
         .header("Content-Type", "application/json")
         .header("Accept", "application/json, text/event-stream");
-    for h in &cfg.mcp_extra_headers {
-        req = req.header(h.name.as_str(), h.value.expose());
+    for (name, value) in &target.headers {
+        req = req.header(*name, *value);
     }
     let result = req
         .config()
@@ -657,7 +677,7 @@ fn mcp_steps(
     if let Some(id) = session {
         // Leave no session behind on the server.
         let _ = agent
-            .delete(&cfg.mcp_server_url)
+            .delete(target.url)
             .header("Mcp-Session-Id", id.as_str())
             .config()
             .timeout_global(Some(STEP_TIMEOUT))
