@@ -472,3 +472,39 @@ fn configuration_errors_exit_2_and_help_lists_the_agent_flags() {
     assert_eq!(code, 0);
     assert!(top.contains("doctor"), "{top}");
 }
+
+#[test]
+fn each_channel_target_is_checked_and_stdio_programs_are_looked_up() {
+    let w = world("doctor-channels", &[]);
+    let docs = format!("channel=docs,url={}", w.mcp_url());
+    let (code, out) = w.doctor(
+        &w.http(),
+        &w.init.runtime_key,
+        &docs,
+        &[
+            "--mcp.command",
+            "channel=tools,command=/nonexistent/mcp-server --token s3cr3t-arg",
+            "--mcp.command",
+            "channel=shell,command=sh -c true",
+        ],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(line(&out, "MCP server [docs]").contains("[ok  ]"), "{out}");
+    let l = line(&out, "MCP command [tools]");
+    assert!(
+        l.contains("[FAIL]") && l.contains("/nonexistent/mcp-server"),
+        "{out}"
+    );
+    assert!(
+        fix(&out, "MCP command [tools]").contains("--mcp.command"),
+        "{out}"
+    );
+    assert!(
+        line(&out, "MCP command [shell]").contains("[ok  ]"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("s3cr3t-arg"),
+        "a command argument was printed:\n{out}"
+    );
+}

@@ -19,13 +19,14 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-use super::client::{agents, ClientOptions};
-use super::config::{self, AgentConfig, Parsed};
+use super::client::{agents_per_target, ClientOptions};
+use super::config::{self, AgentConfig, Parsed, TargetSpec};
 use super::control_plane::{read_error_code, ControlPlane, CLIENT_NAME, CLIENT_VERSION};
 use super::edge;
 use super::secret::SecretSource;
 use crate::net::proxy::{control_plane_proxy, proxy_failure, ProxyChoice};
 use crate::net::tls_client::{tls_failure, ClientIdentity, TlsFailure, Trust};
+use crate::proto::channel::Channel;
 use crate::proto::server_info::{self, ChannelDecl};
 pub use report::{Check, Report, Status};
 
@@ -167,7 +168,7 @@ fn identity_text(id: &ClientIdentity) -> String {
 fn configuration(
     cfg: &AgentConfig,
     cp: &http::Uri,
-    mcp: &http::Uri,
+    targets: &[Target<'_>],
     choice: &ProxyChoice,
 ) -> Check {
     let key = match &cfg.api_key_source {
@@ -188,7 +189,16 @@ fn configuration(
     if let Some(id) = &cfg.edge.cp_identity {
         parts.push(format!("control plane {}", identity_text(id)));
     }
-    parts.push(format!("MCP {}", redacted(mcp)));
+    for t in targets {
+        parts.push(match t {
+            Target::Http { label, url, .. } => match url.parse::<http::Uri>() {
+                Ok(u) => format!("MCP{label} {}", redacted(&u)),
+                Err(_) => format!("MCP{label} (unparsable URL)"),
+            },
+            // Arguments may carry credentials: the program only.
+            Target::Stdio { label, program } => format!("MCP{label} stdio command {program}"),
+        });
+    }
     if let Some(id) = &cfg.edge.mcp_identity {
         parts.push(format!("MCP {}", identity_text(id)));
     }
@@ -212,12 +222,7 @@ fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
     }
 }
 
-fn dns_check(
-    name: &'static str,
-    host: &str,
-    port: u16,
-    fix: String,
-) -> (Check, Option<Vec<SocketAddr>>) {
+fn dns_check(name: &str, host: &str, port: u16, fix: String) -> (Check, Option<Vec<SocketAddr>>) {
     if host.parse::<std::net::IpAddr>().is_ok() {
         let addrs = resolve(host, port).ok();
         return (
@@ -240,7 +245,7 @@ fn dns_check(
     }
 }
 
-fn tcp_check(name: &'static str, what: &str, addrs: &[SocketAddr], fix: &str) -> Check {
+fn tcp_check(name: &str, what: &str, addrs: &[SocketAddr], fix: &str) -> Check {
     let mut last = String::from("no address");
     for a in addrs {
         match TcpStream::connect_timeout(a, STEP_TIMEOUT) {
@@ -304,7 +309,7 @@ fn edge_steps(
     result: &Result<http::Response<ureq::Body>, ureq::Error>,
     proxy: Option<&str>,
     https: bool,
-    tls_name: &'static str,
+    tls_name: &str,
     tls_ok: String,
     hop: Hop,
 ) -> Past {
@@ -352,42 +357,67 @@ fn edge_steps(
     Past::Answered
 }
 
-/// The MCP server the doctor probes and the static headers sent to it: the
-/// one place that reads the MCP target settings.
-struct McpTarget<'a> {
-    url: &'a str,
-    headers: Vec<(&'a str, &'a str)>,
+/// One MCP target as the doctor sees it; `label` names its channels (empty
+/// for the reference client's single server on `main`).
+enum Target<'a> {
+    Http {
+        label: String,
+        url: &'a str,
+        headers: Vec<(&'a str, &'a str)>,
+    },
+    Stdio {
+        label: String,
+        program: &'a str,
+    },
 }
 
-fn mcp_target(cfg: &AgentConfig) -> McpTarget<'_> {
-    McpTarget {
-        url: &cfg.mcp_server_url,
-        headers: cfg
-            .mcp_extra_headers
-            .iter()
-            .map(|h| (h.name.as_str(), h.value.expose()))
-            .collect(),
-    }
+/// The configured MCP targets: the one place that reads those settings.
+fn targets(cfg: &AgentConfig) -> Vec<Target<'_>> {
+    let single_main = cfg.targets.len() == 1
+        && cfg.targets[0].channels.len() == 1
+        && cfg.targets[0].channels[0] == Channel::main();
+    cfg.targets
+        .iter()
+        .map(|t| {
+            let label = if single_main {
+                String::new()
+            } else {
+                let names: Vec<&str> = t.channels.iter().map(|c| c.as_str()).collect();
+                format!(" [{}]", names.join(","))
+            };
+            match &t.spec {
+                TargetSpec::Http { url, headers } => Target::Http {
+                    label,
+                    url,
+                    headers: headers
+                        .iter()
+                        .map(|h| (h.name.as_str(), h.value.expose()))
+                        .collect(),
+                },
+                TargetSpec::Stdio { argv } => Target::Stdio {
+                    label,
+                    program: argv.first().map(String::as_str).unwrap_or(""),
+                },
+            }
+        })
+        .collect()
 }
 
-/// Runs every check against the configured control plane and MCP server.
+/// Runs every check against the configured control plane and MCP servers.
 pub fn diagnose(cfg: &AgentConfig) -> Report {
     let mut r = Report::default();
-    let target = mcp_target(cfg);
-    let (Ok(cp_url), Ok(mcp_url)) = (
-        cfg.base_url.parse::<http::Uri>(),
-        target.url.parse::<http::Uri>(),
-    ) else {
-        // The configuration validated both; this cannot happen.
+    let targets = targets(cfg);
+    let Ok(cp_url) = cfg.base_url.parse::<http::Uri>() else {
+        // The configuration validated it; this cannot happen.
         r.push(Check::fail(
             "configuration",
-            "unparsable URL",
+            "unparsable control plane URL",
             "report this as a bug",
         ));
         return r;
     };
     let choice = control_plane_proxy(&cp_url, &cfg.edge.proxies);
-    r.push(configuration(cfg, &cp_url, &mcp_url, &choice));
+    r.push(configuration(cfg, &cp_url, &targets, &choice));
     let mut trust = Trust::os();
     if let Some((_, bundle)) = &cfg.edge.ca_bundle {
         trust = trust.with(bundle);
@@ -406,16 +436,80 @@ pub fn diagnose(cfg: &AgentConfig) -> Report {
         })
         .collect();
     let user_agent = format!("{CLIENT_NAME}/{CLIENT_VERSION} doctor");
-    let opts = |max_idle| ClientOptions {
-        user_agent: user_agent.clone(),
-        max_idle,
+    let opts = ClientOptions {
+        user_agent,
+        max_idle: 1,
         max_idle_age: Duration::from_secs(5),
     };
-    let (cp_agent, mcp_agent) = agents(&opts(1), &opts(1), edge::clients(&cfg.edge, &cfg.base_url));
+    let http_count = targets
+        .iter()
+        .filter(|t| matches!(t, Target::Http { .. }))
+        .count();
+    let (cp_agent, mcp_agents) = agents_per_target(
+        &opts,
+        &opts,
+        edge::clients(&cfg.edge, &cfg.base_url),
+        http_count,
+    );
 
     control_plane_steps(&mut r, cfg, &cp_url, &choice, cp_agent, &decls, &trust_text);
-    mcp_steps(&mut r, cfg, &target, &mcp_url, mcp_agent, &trust_text);
+    let mut mcp_agents = mcp_agents.into_iter();
+    for t in &targets {
+        match t {
+            Target::Http {
+                label,
+                url,
+                headers,
+            } => match (url.parse::<http::Uri>(), mcp_agents.next()) {
+                (Ok(u), Some(agent)) => {
+                    mcp_steps(&mut r, cfg, label, url, headers, &u, agent, &trust_text)
+                }
+                _ => r.push(Check::fail(
+                    format!("MCP server{label}"),
+                    "unparsable URL",
+                    "report this as a bug",
+                )),
+            },
+            Target::Stdio { label, program } => r.push(stdio_check(label, program)),
+        }
+    }
     r
+}
+
+/// A stdio target is not started (it would be a second copy of the server);
+/// its program must be found and executable.
+fn stdio_check(label: &str, program: &str) -> Check {
+    let name = format!("MCP command{label}");
+    let fix = "install the program, or give its full path in --mcp.command (MCP_COMMAND)";
+    match find_program(program) {
+        Some(path) => Check::pass(
+            name,
+            format!("{} is executable (not started by doctor)", path.display()),
+        ),
+        None => Check::fail(
+            name,
+            format!("{program:?} not found or not executable"),
+            fix,
+        ),
+    }
+}
+
+fn find_program(program: &str) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.is_empty() {
+        return None;
+    }
+    if program.contains('/') {
+        let p = std::path::PathBuf::from(program);
+        return executable(&p).then_some(p);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| executable(p))
 }
 
 fn control_plane_steps(
@@ -442,7 +536,7 @@ fn control_plane_steps(
                 _ => true,
             };
             if applies {
-                r.push(Check::skip(n, "not reached"));
+                r.push(Check::skip(*n, "not reached"));
             }
         }
     };
@@ -597,18 +691,24 @@ fn control_plane_steps(
     });
 }
 
+#[allow(clippy::too_many_arguments)]
 fn mcp_steps(
     r: &mut Report,
     cfg: &AgentConfig,
-    target: &McpTarget<'_>,
+    label: &str,
+    raw_url: &str,
+    headers: &[(&str, &str)],
     url: &http::Uri,
     agent: ureq::Agent,
     trust_text: &str,
 ) {
+    let dns_name = format!("DNS MCP server{label}");
+    let tls_name = format!("TLS MCP server{label}");
+    let name = format!("MCP server{label}");
     let https = url.scheme_str() == Some("https");
     let (host, port) = host_port(url);
     let (c, addrs) = dns_check(
-        "DNS MCP server",
+        &dns_name,
         &host,
         port,
         format!(
@@ -619,17 +719,17 @@ fn mcp_steps(
     r.push(c);
     if addrs.is_none() {
         if https {
-            r.push(Check::skip("TLS MCP server", "not reached"));
+            r.push(Check::skip(tls_name.as_str(), "not reached"));
         }
-        r.push(Check::skip("MCP server", "not reached"));
+        r.push(Check::skip(name.as_str(), "not reached"));
         return;
     }
     let mut req = agent
-        .post(target.url)
+        .post(raw_url)
         .header("Content-Type", "application/json")
         .header("Accept", "application/json, text/event-stream");
-    for (name, value) in &target.headers {
-        req = req.header(*name, *value);
+    for (n, v) in headers {
+        req = req.header(*n, *v);
     }
     let result = req
         .config()
@@ -640,19 +740,19 @@ fn mcp_steps(
     if let Some(id) = &cfg.edge.mcp_identity {
         tls_ok.push_str(&format!("; presented {}", identity_text(id)));
     }
-    let past = edge_steps(r, &result, None, https, "TLS MCP server", tls_ok, Hop::Mcp);
+    let past = edge_steps(r, &result, None, https, &tls_name, tls_ok, Hop::Mcp);
     let resp = match (result, past) {
         (Ok(resp), Past::Answered) => resp,
         (Err(e), Past::Transport) => {
             r.push(Check::fail(
-                "MCP server",
+                name.as_str(),
                 format!("{}: {}", redacted(url), transport_text(&e)),
                 format!("start the MCP server, or correct {}", Hop::Mcp.url_flag()),
             ));
             return;
         }
         _ => {
-            r.push(Check::skip("MCP server", "not reached"));
+            r.push(Check::skip(name.as_str(), "not reached"));
             return;
         }
     };
@@ -677,7 +777,7 @@ fn mcp_steps(
     if let Some(id) = session {
         // Leave no session behind on the server.
         let _ = agent
-            .delete(target.url)
+            .delete(raw_url)
             .header("Mcp-Session-Id", id.as_str())
             .config()
             .timeout_global(Some(STEP_TIMEOUT))
@@ -686,25 +786,25 @@ fn mcp_steps(
     }
     r.push(match status {
         200..=299 => Check::pass(
-            "MCP server",
+            name.as_str(),
             format!("initialize answered HTTP {status} ({content_type})"),
         ),
         401 | 403 => Check::pass(
-            "MCP server",
+            name.as_str(),
             format!("reachable; answered HTTP {status} (auth-protected: AI clients send their own credentials)"),
         ),
         404 | 405 => Check::fail(
-            "MCP server",
+            name.as_str(),
             format!("HTTP {status} to an initialize POST: no MCP endpoint at {}", redacted(url)),
             format!("use the server's Streamable HTTP endpoint (often /mcp) in {}", Hop::Mcp.url_flag()),
         ),
         500..=599 => Check::fail(
-            "MCP server",
+            name.as_str(),
             format!("HTTP {status} to initialize"),
             "the MCP server is failing: check its logs",
         ),
         _ => Check::pass(
-            "MCP server",
+            name.as_str(),
             format!("reachable; answered HTTP {status} to the initialize probe"),
         ),
     });

@@ -23,7 +23,7 @@ impl Status {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Check {
-    pub name: &'static str,
+    pub name: String,
     pub status: Status,
     /// What was found (never a secret).
     pub detail: String,
@@ -32,27 +32,31 @@ pub struct Check {
 }
 
 impl Check {
-    pub fn pass(name: &'static str, detail: impl Into<String>) -> Check {
+    pub fn pass(name: impl Into<String>, detail: impl Into<String>) -> Check {
         Check {
-            name,
+            name: name.into(),
             status: Status::Pass,
             detail: detail.into(),
             fix: None,
         }
     }
 
-    pub fn fail(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+    pub fn fail(
+        name: impl Into<String>,
+        detail: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Check {
         Check {
-            name,
+            name: name.into(),
             status: Status::Fail,
             detail: detail.into(),
             fix: Some(fix.into()),
         }
     }
 
-    pub fn skip(name: &'static str, detail: impl Into<String>) -> Check {
+    pub fn skip(name: impl Into<String>, detail: impl Into<String>) -> Check {
         Check {
-            name,
+            name: name.into(),
             status: Status::Skip,
             detail: detail.into(),
             fix: None,
@@ -120,7 +124,7 @@ impl Report {
                 .checks
                 .iter()
                 .map(|c| JCheck {
-                    name: c.name,
+                    name: &c.name,
                     status: match c.status {
                         Status::Pass => "pass",
                         Status::Fail => "fail",
