@@ -44,6 +44,28 @@ fn poll_401_backs_off_and_reports_not_ready() {
     assert_eq!(agent.stop(), 0);
 }
 
+/// 403 on poll is an operator problem too: readiness names the status and the
+/// error code, and the agent backs off instead of retrying at once.
+#[test]
+fn poll_403_backs_off_and_reports_the_code() {
+    let cp = FakeCp::start();
+    cp.with(|s| s.poll_status = Some(403));
+    let agent = start_agent(&cp, &format!("http://{}/mcp", ok_mcp()), &[]);
+    cp.wait_polls(1);
+    std::thread::sleep(Duration::from_millis(1500));
+    let polls = cp.poll_count();
+    assert!(polls <= 2, "{polls} polls in 1.5 s after a 403: tight loop");
+    let reason = agent
+        .readiness
+        .not_ready_reason()
+        .expect("not ready while the key is refused");
+    assert!(
+        reason.contains("403") && reason.contains("invalid_api_key"),
+        "{reason}"
+    );
+    assert_eq!(agent.stop(), 0);
+}
+
 #[test]
 fn poll_404_is_terminal_with_non_zero_exit() {
     let cp = FakeCp::start();
@@ -446,4 +468,44 @@ fn deadlines_count_from_the_response_head_not_the_end_of_the_body() {
         1,
         "slow-body never reached MCP"
     );
+}
+
+/// The agent's own read deadline on a poll is the requested wait plus a
+/// guard: a control plane that never answers does not hang the loop, and
+/// the agent does not give up before the wait it asked for (plus most of
+/// the 5 s guard) has passed.
+#[test]
+fn a_hung_poll_is_abandoned_after_the_wait_plus_the_guard() {
+    let state: Arc<(Mutex<CpState>, std::sync::Condvar)> = Arc::default();
+    let st = state.clone();
+    let addr = spawn_server(move |req, stream| {
+        let path = req.path().to_string();
+        let (lock, cv) = &*st;
+        if req.method == "GET" && path.ends_with("/poll") {
+            let first = {
+                let mut s = lock.lock().unwrap();
+                s.polls.push(req);
+                cv.notify_all();
+                s.polls.len() == 1
+            };
+            // The first poll never gets an answer while the test runs.
+            std::thread::sleep(Duration::from_millis(if first { 30_000 } else { 150 }));
+            respond(stream, 204, &[], b"");
+        } else {
+            respond(
+                stream,
+                200,
+                &[],
+                br#"{"id":"tunnel_test","name":"t","description":""}"#,
+            );
+        }
+    });
+    let cp = FakeCp { addr, state };
+    let agent = start_agent(&cp, &format!("http://{}/mcp", ok_mcp()), &[]);
+    cp.wait_polls(2);
+    assert_eq!(agent.stop(), 0);
+    let polls = cp.with(|s| s.polls.clone());
+    assert!(polls[0].query().contains("timeout_ms=1000"));
+    let gap = polls[1].at.duration_since(polls[0].at);
+    assert!(gap >= Duration::from_secs(5), "gave up after {gap:?}");
 }
