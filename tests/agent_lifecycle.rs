@@ -509,3 +509,19 @@ fn a_hung_poll_is_abandoned_after_the_wait_plus_the_guard() {
     let gap = polls[1].at.duration_since(polls[0].at);
     assert!(gap >= Duration::from_secs(5), "gave up after {gap:?}");
 }
+
+/// `limit` is the free local capacity capped at 25, whatever max-inflight says.
+#[test]
+fn poll_limit_is_capped_at_25() {
+    let cp = FakeCp::start();
+    let agent = start_agent(
+        &cp,
+        &format!("http://{}/mcp", ok_mcp()),
+        &["--control-plane.max-inflight", "40"],
+    );
+    cp.wait_polls(2);
+    assert_eq!(agent.stop(), 0);
+    for p in cp.with(|s| s.polls.clone()) {
+        assert!(p.query().contains("limit=25&"), "{}", p.query());
+    }
+}
