@@ -358,3 +358,39 @@ fn progress_does_not_extend_the_deadline() {
         "no final after the deadline: {chatty:?}"
     );
 }
+
+/// When the deadline passes during MCP work the agent closes that MCP
+/// connection (for 2026-07-28 servers closing the stream is the
+/// cancellation): the server's writes on the open SSE stream start failing.
+#[test]
+fn deadline_closes_the_mcp_connection() {
+    let (tx, rx) = std::sync::mpsc::channel::<bool>();
+    let tx = std::sync::Mutex::new(tx);
+    let mcp = spawn_server(move |_req, stream| {
+        sse_head(stream, &[]);
+        let end = std::time::Instant::now() + WAIT;
+        let mut closed = false;
+        while std::time::Instant::now() < end {
+            if stream.write_all(b": keep-alive\n\n").is_err() {
+                closed = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = tx.lock().unwrap().send(closed);
+    });
+    let cp = FakeCp::start();
+    cp.push_batch(&[jsonrpc_command(
+        "cut",
+        &call(1),
+        r#","response_timeout":"500ms""#,
+    )]);
+    let agent = start_agent(&cp, &format!("http://{mcp}/mcp"), &[]);
+    let closed = rx.recv_timeout(WAIT + Duration::from_secs(5)).unwrap();
+    assert_eq!(agent.stop(), 0);
+    assert!(
+        closed,
+        "the agent kept the MCP stream open past the deadline"
+    );
+    assert!(cp.posts().is_empty(), "nothing posted after the deadline");
+}
