@@ -69,7 +69,7 @@ pub const API_KEY: Setting = s(
     "control-plane.api-key",
     "CONTROL_PLANE_API_KEY",
     None,
-    "runtime API key (required; fallback OPENAI_API_KEY); a value, env:NAME or file:/path (re-read on 401)",
+    "runtime API key (required unless --control-plane.client-cert is set and the tunnel admits agents by certificate; fallback OPENAI_API_KEY); a value, env:NAME or file:/path (re-read on 401)",
 );
 /// The reference client's fallback for the API key.
 pub const API_KEY_FALLBACK_ENV: &str = "OPENAI_API_KEY";
@@ -376,18 +376,32 @@ fn build(l: &Layers<'_>) -> Result<AgentConfig, ConfigError> {
         .or_else(|| (l.env)(API_KEY.env))
         .or_else(|| (l.env)(API_KEY_FALLBACK_ENV))
         .or_else(|| l.file.get(API_KEY.env).cloned())
-        .or_else(|| l.file.get(API_KEY_FALLBACK_ENV).cloned())
-        .ok_or_else(|| {
-            ConfigError(format!(
-                "missing required --{} ({} or {})",
-                API_KEY.flag, API_KEY.env, API_KEY_FALLBACK_ENV
-            ))
-        })?;
-    let api_key_source = SecretSource::parse(&raw_key);
+        .or_else(|| l.file.get(API_KEY_FALLBACK_ENV).cloned());
     let lookup = |n: &str| l.lookup_env(n);
-    let api_key = api_key_source
-        .resolve(&lookup)
-        .map_err(|why| invalid(&API_KEY, why))?;
+    // With a control-plane client certificate the key may be left out: a
+    // relay tunnel in `cert` mode admits the agent by its certificate alone.
+    let keyless = raw_key.is_none()
+        && l.get(&edge::CP_CLIENT_CERT)
+            .is_some_and(|v| !v.trim().is_empty());
+    let (api_key_source, api_key) = match raw_key {
+        Some(raw) => {
+            let source = SecretSource::parse(&raw);
+            let key = source
+                .resolve(&lookup)
+                .map_err(|why| invalid(&API_KEY, why))?;
+            (source, key)
+        }
+        None if keyless => {
+            let none = Secret::new(String::new());
+            (SecretSource::Literal(none.clone()), none)
+        }
+        None => {
+            return Err(ConfigError(format!(
+            "missing required --{} ({} or {}; may be left out with --control-plane.client-cert)",
+            API_KEY.flag, API_KEY.env, API_KEY_FALLBACK_ENV
+        )))
+        }
+    };
 
     let organization_id = match l.get(&ORGANIZATION_ID) {
         Some(v) if v.is_empty() => None,
@@ -1087,6 +1101,33 @@ mod tests {
             .unwrap();
             assert!(err.0.contains(s.flag) && err.0.contains(s.env), "{err}");
         }
+    }
+
+    #[test]
+    fn the_key_may_be_left_out_only_with_a_control_plane_client_certificate() {
+        let no_key = env_of(&[
+            ("CONTROL_PLANE_TUNNEL_ID", "tunnel_abc"),
+            ("MCP_SERVER_URL", "http://127.0.0.1:9/mcp"),
+        ]);
+        let err = run(&[], &no_key).unwrap_err();
+        assert!(
+            err.0.contains("missing required --control-plane.api-key"),
+            "{err}"
+        );
+        // The certificate is checked after the key, so a missing file shows
+        // that the keyless path was taken (and still validates the files).
+        let err = run(
+            &[
+                "--control-plane.client-cert",
+                "/nonexistent/c.pem",
+                "--control-plane.client-key",
+                "/nonexistent/c.key",
+            ],
+            &no_key,
+        )
+        .unwrap_err();
+        assert!(err.0.contains("--control-plane.client-cert"), "{err}");
+        assert!(!err.0.contains("api-key"), "{err}");
     }
 
     #[test]
