@@ -356,6 +356,17 @@ mod tests {
             ]
         );
         assert_eq!(
+            pieces("url=http://h/?a=1,b=2,http-proxy=http://u:p%2Cw@p:1,client-cert=/c.pem,client-key=/c.key,ca-bundle=/ca,x.pem,channel=a"),
+            [
+                ("url", "http://h/?a=1,b=2"),
+                ("http-proxy", "http://u:p%2Cw@p:1"),
+                ("client-cert", "/c.pem"),
+                ("client-key", "/c.key"),
+                ("ca-bundle", "/ca,x.pem"),
+                ("channel", "a")
+            ]
+        );
+        assert_eq!(
             pieces("channel=fs,command=srv --x 'a,url=b' ,channel=z"),
             [
                 ("channel", "fs"),
