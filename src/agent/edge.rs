@@ -219,7 +219,7 @@ fn about_key(e: &TlsError, key: &Path) -> bool {
 }
 
 /// What the ureq agents are built with: the control plane's, the default
-/// MCP hop's (a bare `--mcp.server-url`), and what each channel's needs.
+/// MCP hop's (a bare `--mcp.server-url`), and what each channel needs.
 pub struct Clients {
     pub cp_tls: TlsConfig,
     pub mcp_tls: TlsConfig,

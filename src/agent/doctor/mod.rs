@@ -453,7 +453,10 @@ pub fn diagnose(cfg: &AgentConfig) -> Report {
     let http_edges: Vec<(String, &edge::ChannelEdge)> = targets
         .iter()
         .filter_map(|t| match t {
-            Target::Http { label, edge, .. } => Some((label.trim().to_string(), *edge)),
+            Target::Http { label, edge, .. } => {
+                let names = label.trim().trim_start_matches('[').trim_end_matches(']');
+                Some((names.to_string(), *edge))
+            }
             Target::Stdio { .. } => None,
         })
         .collect();
