@@ -18,14 +18,6 @@ fn stdio(channel: &str, mode: &str) -> String {
     format!("channel={channel},command=python3 -u '{SCRIPT}' {mode}")
 }
 
-fn on(channel: &str, command: String) -> String {
-    command.replacen(
-        "\"channel\":\"main\"",
-        &format!("\"channel\":\"{channel}\""),
-        1,
-    )
-}
-
 fn tool(id: u32, name: &str) -> String {
     format!(
         r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{name}","arguments":{{}}}}}}"#
@@ -519,4 +511,39 @@ fn stdio_main_then_channel_flags_validate() {
     assert_eq!(last(&ps).resp_code, 200);
     assert_eq!(agent.stop(), 0);
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A notification holds the stdio slot only while it is written: it gets its
+/// `notify_ack` (202, no body) and the next request of the batch is answered
+/// by the same child without waiting for a reply that never comes.
+#[test]
+fn notification_releases_the_slot_after_the_write() {
+    let cp = FakeCp::start();
+    cp.push_batch(&[
+        jsonrpc_command(
+            "n-0",
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+            "",
+        ),
+        jsonrpc_command("n-1", &tool(3, "echo"), ""),
+    ]);
+    let agent = start_agent_with(
+        &cp,
+        &[
+            "--mcp.command",
+            &stdio("main", "normal"),
+            "--mcp.max-request-duration",
+            "60s",
+        ],
+    );
+    let ack = wait_final(&cp, "n-0");
+    assert_eq!(ack.len(), 1);
+    assert_eq!(
+        (ack[0].resp_type.as_str(), ack[0].resp_code),
+        ("notify_ack", 202)
+    );
+    assert!(ack[0].resp_json.is_none());
+    let fin = wait_final(&cp, "n-1");
+    assert_eq!(last(&fin).resp_code, 200, "{}", json_of(last(&fin)));
+    assert_eq!(agent.stop(), 0);
 }

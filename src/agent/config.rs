@@ -69,7 +69,7 @@ pub const API_KEY: Setting = s(
     "control-plane.api-key",
     "CONTROL_PLANE_API_KEY",
     None,
-    "runtime API key (required; fallback OPENAI_API_KEY); a value, env:NAME or file:/path (re-read on 401)",
+    "runtime API key (required unless --control-plane.client-cert is set and the tunnel admits agents by certificate; fallback OPENAI_API_KEY); a value, env:NAME or file:/path (re-read on 401)",
 );
 /// The reference client's fallback for the API key.
 pub const API_KEY_FALLBACK_ENV: &str = "OPENAI_API_KEY";
@@ -102,7 +102,11 @@ pub const MCP_SERVER_URL: Setting = Setting {
     flag: "mcp.server-url",
     env: "MCP_SERVER_URL",
     default: None,
-    help: "Streamable HTTP URL of an MCP server: a URL (channel main) or channel=NAME,url=URL[,header=Name:value...] (repeatable; this or --mcp.command is required)",
+    help: "Streamable HTTP URL of an MCP server: a URL (channel main) or \
+           channel=NAME,url=URL[,header=Name:value...][,http-proxy=http://[user:password@]host:port]\
+           [,client-cert=PATH,client-key=PATH][,ca-bundle=PATH] (repeatable; this or --mcp.command \
+           is required); the channel's proxy, certificate and CAs apply to its URL only \
+           (no proxy unless http-proxy= is given; logged as user:***)",
     repeatable: true,
 };
 pub const MCP_COMMAND: Setting = Setting {
@@ -376,18 +380,32 @@ fn build(l: &Layers<'_>) -> Result<AgentConfig, ConfigError> {
         .or_else(|| (l.env)(API_KEY.env))
         .or_else(|| (l.env)(API_KEY_FALLBACK_ENV))
         .or_else(|| l.file.get(API_KEY.env).cloned())
-        .or_else(|| l.file.get(API_KEY_FALLBACK_ENV).cloned())
-        .ok_or_else(|| {
-            ConfigError(format!(
-                "missing required --{} ({} or {})",
-                API_KEY.flag, API_KEY.env, API_KEY_FALLBACK_ENV
-            ))
-        })?;
-    let api_key_source = SecretSource::parse(&raw_key);
+        .or_else(|| l.file.get(API_KEY_FALLBACK_ENV).cloned());
     let lookup = |n: &str| l.lookup_env(n);
-    let api_key = api_key_source
-        .resolve(&lookup)
-        .map_err(|why| invalid(&API_KEY, why))?;
+    // With a control-plane client certificate the key may be left out: a
+    // relay tunnel in `cert` mode admits the agent by its certificate alone.
+    let keyless = raw_key.is_none()
+        && l.get(&edge::CP_CLIENT_CERT)
+            .is_some_and(|v| !v.trim().is_empty());
+    let (api_key_source, api_key) = match raw_key {
+        Some(raw) => {
+            let source = SecretSource::parse(&raw);
+            let key = source
+                .resolve(&lookup)
+                .map_err(|why| invalid(&API_KEY, why))?;
+            (source, key)
+        }
+        None if keyless => {
+            let none = Secret::new(String::new());
+            (SecretSource::Literal(none.clone()), none)
+        }
+        None => {
+            return Err(ConfigError(format!(
+            "missing required --{} ({} or {}; may be left out with --control-plane.client-cert)",
+            API_KEY.flag, API_KEY.env, API_KEY_FALLBACK_ENV
+        )))
+        }
+    };
 
     let organization_id = match l.get(&ORGANIZATION_ID) {
         Some(v) if v.is_empty() => None,
@@ -501,6 +519,7 @@ fn build_plan(
         extra_headers,
         poll,
         env: lookup,
+        now: std::time::SystemTime::now(),
     })
 }
 
@@ -941,6 +960,100 @@ mod tests {
     }
 
     #[test]
+    fn channel_network_settings_stay_with_their_channel() {
+        let env = env_of(&[
+            ("CONTROL_PLANE_TUNNEL_ID", "tunnel_abc"),
+            ("CONTROL_PLANE_API_KEY", "k"),
+            // Environment proxies never apply to MCP targets.
+            ("HTTPS_PROXY", "http://env-proxy:3128"),
+        ]);
+        let c = run(
+            &[
+                "--mcp.server-url",
+                "channel=docs,url=https://docs.internal/mcp,http-proxy=http://u:p%40ss-hunter2@proxy.corp:3128,header=X-A: 1, 2",
+                "--mcp.server-url",
+                "channel=wiki,url=https://wiki.internal/mcp",
+            ],
+            &env,
+        )
+        .unwrap();
+        let edge = |i: usize| match &c.targets[i].spec {
+            TargetSpec::Http { edge, .. } => edge.clone(),
+            TargetSpec::Stdio { .. } => panic!("not HTTP"),
+        };
+        let docs = edge(0);
+        let proxy = docs.proxy.as_ref().expect("the channel's proxy");
+        assert_eq!((proxy.host(), proxy.port()), ("proxy.corp", 3128));
+        assert_eq!(
+            proxy.credentials().map(|c| c.password.as_str()),
+            Some("p@ss-hunter2")
+        );
+        assert_eq!(
+            http_headers(&c.targets[0]),
+            [("X-A".to_string(), "1, 2".to_string())]
+        );
+        assert!(edge(1).proxy.is_none(), "no proxy unless told");
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+        assert!(dbg.contains("proxy.corp"), "{dbg}");
+    }
+
+    #[test]
+    fn channel_network_setting_errors_name_the_flag_and_the_channel() {
+        let env = env_of(&[
+            ("CONTROL_PLANE_TUNNEL_ID", "tunnel_abc"),
+            ("CONTROL_PLANE_API_KEY", "k"),
+        ]);
+        let u = "--mcp.server-url";
+        for (entry, why) in [
+            (
+                "channel=docs,url=http://a/,http-proxy=socks5://u:hunter2@p:1",
+                "http-proxy: unsupported proxy scheme",
+            ),
+            (
+                "http-proxy=http://u:hunter2@p:0,channel=docs,url=http://a/",
+                "http-proxy: proxy URL has an invalid port",
+            ),
+            (
+                "channel=docs,url=http://a/,client-cert=/x/c.pem",
+                "client-key=PATH is required",
+            ),
+            (
+                "channel=docs,url=http://a/,client-key=/x/c.key",
+                "client-cert=PATH is required",
+            ),
+            (
+                "channel=docs,url=http://a/,client-cert=/nonexistent/c.pem,client-key=/nonexistent/c.key",
+                "client-cert: cannot read certificate from /nonexistent/c.pem",
+            ),
+            (
+                "channel=docs,url=http://a/,ca-bundle=/nonexistent/ca.pem",
+                "ca-bundle: cannot read CA certificate from /nonexistent/ca.pem",
+            ),
+            (
+                "channel=docs,url=http://a/,http-proxy=http://p:1,http-proxy=http://q:1",
+                "http-proxy= given twice",
+            ),
+        ] {
+            let err = run(&[u, entry], &env)
+                .err()
+                .unwrap_or_else(|| panic!("{entry} accepted"));
+            assert!(
+                err.0.starts_with(
+                    "invalid value for --mcp.server-url (MCP_SERVER_URL): "
+                ),
+                "{entry} → {err}"
+            );
+            if !why.ends_with("given twice") {
+                assert!(err.0.contains("channel docs: "), "{entry} → {err}");
+            }
+            assert!(err.0.contains(why), "{entry} → {err}");
+            assert!(!err.0.contains("hunter2"), "{err}");
+            assert!(!err.0.contains('\n'), "one line: {err}");
+        }
+    }
+
+    #[test]
     fn channel_target_errors_name_the_flag() {
         let env = env_of(&[
             ("CONTROL_PLANE_TUNNEL_ID", "tunnel_abc"),
@@ -1087,6 +1200,33 @@ mod tests {
             .unwrap();
             assert!(err.0.contains(s.flag) && err.0.contains(s.env), "{err}");
         }
+    }
+
+    #[test]
+    fn the_key_may_be_left_out_only_with_a_control_plane_client_certificate() {
+        let no_key = env_of(&[
+            ("CONTROL_PLANE_TUNNEL_ID", "tunnel_abc"),
+            ("MCP_SERVER_URL", "http://127.0.0.1:9/mcp"),
+        ]);
+        let err = run(&[], &no_key).unwrap_err();
+        assert!(
+            err.0.contains("missing required --control-plane.api-key"),
+            "{err}"
+        );
+        // The certificate is checked after the key, so a missing file shows
+        // that the keyless path was taken (and still validates the files).
+        let err = run(
+            &[
+                "--control-plane.client-cert",
+                "/nonexistent/c.pem",
+                "--control-plane.client-key",
+                "/nonexistent/c.key",
+            ],
+            &no_key,
+        )
+        .unwrap_err();
+        assert!(err.0.contains("--control-plane.client-cert"), "{err}");
+        assert!(!err.0.contains("api-key"), "{err}");
     }
 
     #[test]

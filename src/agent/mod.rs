@@ -10,6 +10,7 @@ pub mod client;
 pub mod config;
 pub mod control_plane;
 pub mod dispatch;
+pub mod doctor;
 pub mod drain;
 pub mod edge;
 pub mod health;

@@ -61,7 +61,12 @@ struct Metadata<'a> {
 /// `GET /v1/tunnels/{id}`: the agent's startup check.
 pub fn metadata(hub: &Hub, req: &Request, tunnel_id: &str) -> Response {
     let ep = Endpoint::Metadata;
-    if let Err(e) = hub.authorize(credential(req), tunnel_id, Role::Runtime) {
+    if let Err(e) = hub.authorize(
+        credential(req),
+        req.client_cert.as_deref(),
+        tunnel_id,
+        Role::Runtime,
+    ) {
         return error(hub, ep, e.status(), e.code(), e.message());
     }
     let state = hub.state();
@@ -184,7 +189,12 @@ impl Drop for Polling<'_> {
 /// `GET /v1/tunnels/{id}/poll`.
 pub async fn poll(hub: Rc<Hub>, req: Request, tunnel_id: String) -> Response {
     let ep = Endpoint::Poll;
-    let principal = match hub.authorize(credential(&req), &tunnel_id, Role::Runtime) {
+    let principal = match hub.authorize(
+        credential(&req),
+        req.client_cert.as_deref(),
+        &tunnel_id,
+        Role::Runtime,
+    ) {
         Ok(p) => p,
         Err(e) => return error(&hub, ep, e.status(), e.code(), e.message()),
     };
@@ -260,7 +270,12 @@ pub async fn poll(hub: Rc<Hub>, req: Request, tunnel_id: String) -> Response {
         )
         .await;
         // Whatever woke us, the key may have been revoked or the tunnel deleted meanwhile.
-        if let Err(e) = hub.authorize(credential(&req), &tunnel_id, Role::Runtime) {
+        if let Err(e) = hub.authorize(
+            credential(&req),
+            req.client_cert.as_deref(),
+            &tunnel_id,
+            Role::Runtime,
+        ) {
             return error(&hub, ep, e.status(), e.code(), e.message());
         }
     }
@@ -288,7 +303,12 @@ fn post_error(hub: &Hub, e: &PostError) -> Response {
 /// `POST /v1/tunnels/{id}/response`.
 pub async fn respond(hub: Rc<Hub>, req: Request, tunnel_id: String) -> Response {
     let ep = Endpoint::Response;
-    if let Err(e) = hub.authorize(credential(&req), &tunnel_id, Role::Runtime) {
+    if let Err(e) = hub.authorize(
+        credential(&req),
+        req.client_cert.as_deref(),
+        &tunnel_id,
+        Role::Runtime,
+    ) {
         return error(&hub, ep, e.status(), e.code(), e.message());
     }
     let Some(token) = header(&req.headers, "x-tunnel-shard-token").filter(|t| !t.is_empty()) else {
