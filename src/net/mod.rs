@@ -1,6 +1,8 @@
 //! Shared network plumbing with no protocol knowledge.
 
 pub mod http_server;
+#[cfg(unix)]
+pub mod listen_addr;
 
 #[cfg(feature = "relay")]
 pub mod tls_listener;
