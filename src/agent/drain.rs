@@ -61,7 +61,7 @@ pub async fn drain(
                         "a poll returned {} command(s) during the drain; processing them",
                         commands.len()
                     );
-                    accept(receipt, commands, &mut overflow);
+                    accept(receipt, commands, &mut overflow, workers.metrics());
                 }
             }
             Ev::Done => {}

@@ -11,6 +11,7 @@ use smol::future;
 use super::control_plane::{ControlPlane, PollFailure, PollResult};
 use super::dispatch::Job;
 use super::lane::Lane;
+use super::metrics::{AgentMetrics, PollOutcome, RetryKind};
 use super::random;
 use super::readiness::Readiness;
 use super::workers::Workers;
@@ -94,15 +95,18 @@ impl Poller<'_> {
             };
             let delay = match result {
                 PollResult::Batch { receipt, commands } => {
+                    self.workers.metrics().poll(PollOutcome::Commands);
                     self.recovered(&mut last_problem);
-                    accept(receipt, commands, &mut overflow);
+                    accept(receipt, commands, &mut overflow, self.workers.metrics());
                     continue;
                 }
                 PollResult::Idle => {
+                    self.workers.metrics().poll(PollOutcome::Empty);
                     self.recovered(&mut last_problem);
                     continue;
                 }
                 PollResult::Failed(PollFailure::NotFound { code }) => {
+                    self.workers.metrics().poll(PollOutcome::NotFound);
                     return LoopEnd::Terminal(PollFailure::NotFound { code }.to_string());
                 }
                 PollResult::Failed(f) => self.failed(f, &mut last_problem),
@@ -123,6 +127,16 @@ impl Poller<'_> {
 
     /// Logs a problem once per change (not per poll) and picks the wait.
     fn failed(&mut self, f: PollFailure, last_problem: &mut Option<String>) -> Duration {
+        let metrics = self.workers.metrics();
+        metrics.poll(match &f {
+            PollFailure::Network(_) => PollOutcome::NetworkError,
+            PollFailure::Status { .. } => PollOutcome::HttpError,
+            PollFailure::Auth { .. } => PollOutcome::Rejected,
+            PollFailure::NotFound { .. } => PollOutcome::NotFound,
+            PollFailure::Body(_) => PollOutcome::InvalidBody,
+        });
+        // Every failed poll (except 404, which ends the loop) waits and polls again.
+        metrics.retry(RetryKind::Poll);
         let text = f.to_string();
         let changed = last_problem.as_deref() != Some(text.as_str());
         match &f {
@@ -165,7 +179,12 @@ impl Poller<'_> {
 
 /// Turns a batch into jobs (all of them, even beyond the limit asked for);
 /// skipped entries are logged with their request id.
-pub fn accept(receipt: Instant, commands: Vec<Decoded>, out: &mut VecDeque<Job>) {
+pub fn accept(
+    receipt: Instant,
+    commands: Vec<Decoded>,
+    out: &mut VecDeque<Job>,
+    metrics: &AgentMetrics,
+) {
     for d in commands {
         match d {
             Decoded::Command(command) => {
@@ -175,7 +194,12 @@ pub fn accept(receipt: Instant, commands: Vec<Decoded>, out: &mut VecDeque<Job>)
                 let deadline = command
                     .response_timeout
                     .map(|t| Deadline::after(receipt, t));
-                out.push_back(Job { command, deadline });
+                metrics.queued();
+                out.push_back(Job {
+                    command,
+                    deadline,
+                    receipt,
+                });
             }
             Decoded::Skipped { request_id, reason } => {
                 log::warn!(

@@ -12,6 +12,7 @@ use super::config::AgentConfig;
 use super::control_plane::{ControlPlane, CLIENT_NAME, CLIENT_VERSION};
 use super::dispatch::{Targets, WorkerCtx};
 use super::lane::Lane;
+use super::metrics::AgentMetrics;
 use super::poller::{LoopEnd, Poller};
 use super::random;
 use super::readiness::Readiness;
@@ -19,6 +20,8 @@ use super::startup::{self, Startup};
 use super::target::Target;
 use super::target_http::HttpTarget;
 use super::workers::Workers;
+use crate::net::listen_addr;
+use crate::ops::pidfile::PidFile;
 use crate::ops::shutdown::Shutdown;
 use crate::proto::command::Header;
 use crate::proto::retry::Backoff;
@@ -67,17 +70,19 @@ async fn run_async(
     ex: Rc<LocalExecutor<'static>>,
 ) -> i32 {
     let readiness = opts.readiness.clone().unwrap_or_default();
-    if let Some(addr) = cfg.health_listen {
-        match super::health::bind(addr) {
+    let metrics = Arc::new(AgentMetrics::new(&cfg.channels));
+    if let Some(addr) = &cfg.health_listen {
+        match listen_addr::bind(addr) {
             Ok(listener) => {
                 ex.spawn(super::health::serve(
                     listener,
                     readiness.clone(),
+                    metrics.clone(),
                     ex.clone(),
                     shutdown.clone(),
                 ))
                 .detach();
-                log::info!("health endpoints on http://{addr}/healthz and /readyz");
+                log::info!("health endpoints /healthz, /readyz and /metrics on {addr}");
             }
             Err(e) => {
                 log::error!(
@@ -116,18 +121,21 @@ async fn run_async(
             max_idle_age: cfg.connection_max_ttl,
         },
     );
-    let cp = Arc::new(ControlPlane::new(
-        &cfg,
-        cp_agent,
-        random::instance_id(),
-        server_info,
-    ));
+    let cp = Arc::new(
+        ControlPlane::new(&cfg, cp_agent, random::instance_id(), server_info)
+            .with_metrics(metrics.clone()),
+    );
     if opts.signals {
         let s = shutdown.clone();
         let cp_hup = cp.clone();
         ex.spawn(async move {
-            // SIGHUP re-reads a key file (as a 401 does).
+            // SIGHUP reopens the log file (logrotate) and re-reads a key file (as a 401 does).
             let on_hup = move || {
+                match crate::ops::log::reopen() {
+                    Ok(true) => log::info!("log file reopened"),
+                    Ok(false) => {}
+                    Err(e) => log::warn!("cannot reopen --log.file (LOG_FILE): {e}"),
+                }
                 cp_hup.key.reload();
             };
             if let Err(e) = crate::ops::shutdown::watch_signals(s, on_hup).await {
@@ -188,6 +196,17 @@ async fn run_async(
             Startup::Failed => return EXIT_FAILURE,
         }
     }
+    // Written once the checks passed; dropped (removed) whenever this returns.
+    let _pid_file = match &cfg.pid_file {
+        Some(path) => match PidFile::write(path) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                log::error!("cannot write --pid-file (PID_FILE) {}: {e}", path.display());
+                return EXIT_FAILURE;
+            }
+        },
+        None => None,
+    };
     if cfg.health_listen.is_some() {
         startup::spawn_readiness_probe(
             &ex,
@@ -201,6 +220,7 @@ async fn run_async(
         cp: cp.clone(),
         targets,
         max_request_duration: cfg.max_request_duration,
+        metrics,
     });
     let workers = match Workers::start(cfg.max_concurrent, cfg.max_inflight, ctx) {
         Ok(w) => w,

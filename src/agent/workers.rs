@@ -9,12 +9,14 @@ use std::sync::Arc;
 use smol::channel::{bounded, Receiver, Sender};
 
 use super::dispatch::{handle, Job, WorkerBuffers, WorkerCtx};
+use super::metrics::AgentMetrics;
 
 pub struct Workers {
     tx: Sender<Job>,
     /// Commands accepted and not yet finished (queued + running).
     inflight: Arc<AtomicUsize>,
     done_rx: Receiver<()>,
+    metrics: Arc<AgentMetrics>,
 }
 
 impl Workers {
@@ -26,6 +28,7 @@ impl Workers {
         let inflight = Arc::new(AtomicUsize::new(0));
         let mut started = 0;
         let mut last_err = None;
+        let metrics = ctx.metrics.clone();
         for i in 0..threads.max(1) {
             let rx = rx.clone();
             let ctx = ctx.clone();
@@ -36,7 +39,9 @@ impl Workers {
                 .spawn(move || {
                     let mut bufs = WorkerBuffers::default();
                     while let Ok(job) = rx.recv_blocking() {
+                        ctx.metrics.started();
                         handle(job, &ctx, &mut bufs);
+                        ctx.metrics.finished();
                         inflight.fetch_sub(1, Ordering::AcqRel);
                         let _ = done_tx.try_send(());
                     }
@@ -56,7 +61,12 @@ impl Workers {
             tx,
             inflight,
             done_rx,
+            metrics,
         })
+    }
+
+    pub fn metrics(&self) -> &AgentMetrics {
+        &self.metrics
     }
 
     pub fn inflight(&self) -> usize {
