@@ -53,7 +53,6 @@ pub fn respond(
 }
 
 /// Serves until `shutdown` fires. Health checks are tiny: small limits.
-/// A unix socket's file is left to the caller's `SocketFile` (removed at exit).
 pub async fn serve(
     listener: Listener,
     readiness: Arc<Readiness>,
@@ -74,7 +73,7 @@ pub async fn serve(
     };
     match listener {
         Listener::Tcp(l) => serve_tcp(l, handler, limits, ex, shutdown).await,
-        Listener::Unix(l, _file) => serve_unix(l, handler, limits, ex, shutdown).await,
+        Listener::Unix(l) => serve_unix(l, handler, limits, ex, shutdown).await,
     }
 }
 

@@ -71,9 +71,13 @@ async fn run_async(
 ) -> i32 {
     let readiness = opts.readiness.clone().unwrap_or_default();
     let metrics = Arc::new(AgentMetrics::new(&cfg.channels));
+    // A unix socket's file is removed when this returns.
+    let mut _health_socket = None;
     if let Some(addr) = &cfg.health_listen {
         match listen_addr::bind(addr) {
-            Ok(listener) => {
+            Ok((listener, socket_file)) => {
+                _health_socket = socket_file;
+                let local = listener.local();
                 ex.spawn(super::health::serve(
                     listener,
                     readiness.clone(),
@@ -82,7 +86,7 @@ async fn run_async(
                     shutdown.clone(),
                 ))
                 .detach();
-                log::info!("health endpoints /healthz, /readyz and /metrics on {addr}");
+                log::info!("health endpoints /healthz, /readyz and /metrics on {local}");
             }
             Err(e) => {
                 log::error!(

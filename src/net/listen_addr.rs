@@ -47,10 +47,28 @@ impl fmt::Display for ListenAddr {
     }
 }
 
-/// A bound listener. A unix socket's file is removed when this is dropped.
+/// A bound listener.
 pub enum Listener {
     Tcp(Async<std::net::TcpListener>),
-    Unix(Async<std::os::unix::net::UnixListener>, SocketFile),
+    Unix(Async<std::os::unix::net::UnixListener>),
+}
+
+impl Listener {
+    /// The bound address as an operator would write it (the real port when 0 was asked for).
+    pub fn local(&self) -> String {
+        match self {
+            Listener::Tcp(l) => l
+                .get_ref()
+                .local_addr()
+                .map_or_else(|_| "?".to_string(), |a| a.to_string()),
+            Listener::Unix(l) => l
+                .get_ref()
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(|p| format!("unix:{}", p.display())))
+                .unwrap_or_else(|| "unix:?".to_string()),
+        }
+    }
 }
 
 /// Removes the socket file on drop (the next start would find it stale otherwise).
@@ -70,10 +88,14 @@ impl Drop for SocketFile {
 
 /// Binds `addr`. A unix socket file left by a process that is gone is replaced;
 /// one that still accepts connections (another instance) is an `AddrInUse`
-/// error, and a path that is not a socket is never removed.
-pub fn bind(addr: &ListenAddr) -> io::Result<Listener> {
+/// error, and a path that is not a socket is never removed. The caller keeps
+/// the `SocketFile` for as long as the process serves (the serving task itself
+/// may never be dropped).
+pub fn bind(addr: &ListenAddr) -> io::Result<(Listener, Option<SocketFile>)> {
     match addr {
-        ListenAddr::Tcp(a) => Async::<std::net::TcpListener>::bind(*a).map(Listener::Tcp),
+        ListenAddr::Tcp(a) => {
+            Async::<std::net::TcpListener>::bind(*a).map(|l| (Listener::Tcp(l), None))
+        }
         ListenAddr::Unix(path) => {
             use std::os::unix::fs::FileTypeExt;
             if let Ok(meta) = std::fs::symlink_metadata(path) {
@@ -92,7 +114,7 @@ pub fn bind(addr: &ListenAddr) -> io::Result<Listener> {
                 std::fs::remove_file(path)?;
             }
             let l = Async::<std::os::unix::net::UnixListener>::bind(path)?;
-            Ok(Listener::Unix(l, SocketFile(path.clone())))
+            Ok((Listener::Unix(l), Some(SocketFile(path.clone()))))
         }
     }
 }
@@ -133,10 +155,9 @@ mod tests {
             Some(io::ErrorKind::AddrInUse)
         );
         // Stale: the listener is gone but the file stays (a crash).
-        if let Listener::Unix(l, f) = first {
-            drop(l);
-            std::mem::forget(f);
-        }
+        let (l, f) = first;
+        drop(l);
+        std::mem::forget(f);
         assert!(sock.exists());
         let second = bind(&addr).unwrap();
         drop(second);
