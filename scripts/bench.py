@@ -134,6 +134,7 @@ class Procs:
             args,
             stdout=stdout if stdout is not None else logf,
             stderr=logf,
+            text=True,
             env={**os.environ, **(env or {})},
             start_new_session=True,
         )
@@ -269,11 +270,6 @@ def write_lua(tmp, headers):
         f.write(f"wrk.body = {json.dumps(BODY)}\n")
         for k, v in hdrs.items():
             f.write(f'wrk.headers["{k}"] = "{v}"\n')
-        f.write(
-            "function response(status, headers, body)\n"
-            "  if status ~= 200 then wrk.thread:set('bad', (wrk.thread:get('bad') or 0) + 1) end\n"
-            "end\n"
-        )
     return path
 
 
@@ -286,7 +282,7 @@ def parse_latency(text, label):
 
 
 def run_wrk(url, lua, conns, duration):
-    return parse_wrk_output(sh(["wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency", "-s", lua, url]))
+    return parse_wrk_output(sh(["wrk", "-t1", f"-c{conns}", f"-d{int(duration)}s", "--latency", "-s", lua, url]))
 
 
 def proc_status(pid):
@@ -323,7 +319,7 @@ def measure(url, lua, duration, pids):
         if c == CONCURRENCY[-1] and pids:
             # Sample memory half-way through the heaviest run.
             proc = subprocess.Popen(
-                ["wrk", "-t1", f"-c{c}", f"-d{duration}s", "--latency", "-s", lua, url],
+                ["wrk", "-t1", f"-c{c}", f"-d{int(duration)}s", "--latency", "-s", lua, url],
                 stdout=subprocess.PIPE,
                 text=True,
             )
@@ -377,7 +373,7 @@ def fmt(v, unit="", digits=0):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--duration", type=float, default=10)
+    ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--smoke", action="store_true", help="short runs; only checks that figures come out")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks.md"))
     ap.add_argument("--runs", type=int, default=2)

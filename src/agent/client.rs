@@ -1,39 +1,12 @@
 //! The outbound HTTP clients (ureq agents): pooled keep-alive connections,
-//! rustls with ring and the operating system's trust store.
+//! rustls with ring, trust, client certificate and proxy from `agent::edge`.
 
 use std::io::Read;
-use std::sync::Arc;
 use std::time::Duration;
 
-use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
+use ureq::tls::TlsConfig;
 
-/// The OS trust store, loaded once per agent. Unreadable entries are skipped:
-/// one bad certificate file must not take every TLS connection down.
-fn tls_config() -> TlsConfig {
-    let loaded = rustls_native_certs::load_native_certs();
-    if !loaded.errors.is_empty() {
-        log::warn!(
-            "{} error(s) while loading the system trust store; continuing with {} certificates",
-            loaded.errors.len(),
-            loaded.certs.len()
-        );
-    }
-    if loaded.certs.is_empty() {
-        log::warn!(
-            "the system trust store is empty: https:// connections will fail certificate checks"
-        );
-    }
-    let certs: Vec<Certificate<'static>> = loaded
-        .certs
-        .iter()
-        .map(|c| Certificate::from_der(c.as_ref()).to_owned())
-        .collect();
-    TlsConfig::builder()
-        .provider(TlsProvider::Rustls)
-        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .root_certs(RootCerts::new_with_certs(&certs))
-        .build()
-}
+use super::edge::Clients;
 
 pub struct ClientOptions {
     pub user_agent: String,
@@ -43,13 +16,13 @@ pub struct ClientOptions {
 
 /// A ureq agent that reports every HTTP status as a response (we classify them),
 /// follows no redirect (a redirect would resend credentials and bodies to a place
-/// nobody configured) and ignores proxy environment variables until proxies are
-/// configured explicitly.
-pub fn agent(opts: &ClientOptions, tls: TlsConfig) -> ureq::Agent {
+/// nobody configured) and uses exactly the proxy given (`None`: direct; ureq's
+/// own environment lookup stays off — `agent::edge` decided).
+pub fn agent(opts: &ClientOptions, tls: TlsConfig, proxy: Option<ureq::Proxy>) -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .max_redirects(0)
-        .proxy(None)
+        .proxy(proxy)
         .tls_config(tls)
         .user_agent(opts.user_agent.as_str())
         .accept("")
@@ -60,10 +33,16 @@ pub fn agent(opts: &ClientOptions, tls: TlsConfig) -> ureq::Agent {
         .new_agent()
 }
 
-/// Both agents share one trust store load.
-pub fn agents(cp: &ClientOptions, mcp: &ClientOptions) -> (ureq::Agent, ureq::Agent) {
-    let tls = tls_config();
-    (agent(cp, tls.clone()), agent(mcp, tls))
+/// The control-plane and MCP agents, each with its hop's TLS and proxy.
+pub fn agents(
+    cp: &ClientOptions,
+    mcp: &ClientOptions,
+    edge: Clients,
+) -> (ureq::Agent, ureq::Agent) {
+    (
+        agent(cp, edge.cp_tls, edge.cp_proxy),
+        agent(mcp, edge.mcp_tls, edge.mcp_proxy),
+    )
 }
 
 /// Bodies up to this size are read to the end to keep the connection.

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use log::LevelFilter;
 
+use super::edge::{self, EdgeConfig};
 use super::secret::{Secret, SecretSource};
 use crate::net::listen_addr::ListenAddr;
 use crate::ops::log::{parse_level, LogFormat};
@@ -184,6 +185,14 @@ pub const SETTINGS: &[&Setting] = &[
     &LOG_FORMAT,
     &LOG_FILE,
     &PID_FILE,
+    // The network edge (agent::edge): proxies, trust, client certificates.
+    &edge::HTTP_PROXY,
+    &edge::CP_HTTP_PROXY,
+    &edge::CA_BUNDLE,
+    &edge::CP_CLIENT_CERT,
+    &edge::CP_CLIENT_KEY,
+    &edge::MCP_CLIENT_CERT,
+    &edge::MCP_CLIENT_KEY,
 ];
 
 /// A header added to every MCP request. The value may hold a credential.
@@ -220,6 +229,8 @@ pub struct AgentConfig {
     pub log_format: LogFormat,
     pub log_file: Option<PathBuf>,
     pub pid_file: Option<PathBuf>,
+    /// Proxies, extra trust and client certificates, checked.
+    pub edge: EdgeConfig,
 }
 
 pub enum Parsed {
@@ -455,6 +466,7 @@ fn build(l: &Layers<'_>) -> Result<AgentConfig, ConfigError> {
         .ok_or_else(|| invalid(&LOG_FORMAT, "expected text or json"))?;
     let log_file = parse_path(l, &LOG_FILE)?;
     let pid_file = parse_path(l, &PID_FILE)?;
+    let edge = edge::build(&|s| l.get(s), &lookup, std::time::SystemTime::now())?;
 
     Ok(AgentConfig {
         base_url,
@@ -479,6 +491,7 @@ fn build(l: &Layers<'_>) -> Result<AgentConfig, ConfigError> {
         log_format,
         log_file,
         pid_file,
+        edge,
     })
 }
 

@@ -103,6 +103,8 @@ pub enum PollResult {
 pub enum PollFailure {
     /// Network error or timeout; no response.
     Network(String),
+    /// A proxy or TLS failure (agent::edge): needs the operator, shown in readiness.
+    Edge(String),
     /// An HTTP status that is retried (429, 5xx, other 4xx).
     Status {
         status: u16,
@@ -122,6 +124,7 @@ impl std::fmt::Display for PollFailure {
         let code = |c: &Option<String>| c.as_deref().map(|c| format!(" ({c})")).unwrap_or_default();
         match self {
             PollFailure::Network(e) => write!(f, "network error: {e}"),
+            PollFailure::Edge(e) => write!(f, "cannot reach the control plane: {e}"),
             PollFailure::Status { status, code: c, .. } => write!(f, "HTTP {status}{}", code(c)),
             PollFailure::Auth { status, code: c } => write!(
                 f,
@@ -253,7 +256,10 @@ impl ControlPlane {
                 }
             }
             Err(e) => {
-                log::warn!("tunnel metadata check failed ({e}); polling anyway");
+                log::warn!(
+                    "tunnel metadata check failed ({}); polling anyway",
+                    super::edge::describe(&e)
+                );
                 Ok(())
             }
         }
@@ -300,7 +306,12 @@ impl ControlPlane {
             .build();
         let mut resp = match req.call() {
             Ok(r) => r,
-            Err(e) => return PollResult::Failed(PollFailure::Network(e.to_string())),
+            Err(e) => {
+                return PollResult::Failed(match super::edge::failure(&e) {
+                    Some(edge) => PollFailure::Edge(edge.reason),
+                    None => PollFailure::Network(e.to_string()),
+                })
+            }
         };
         // The anchor of every deadline in this batch: the head has arrived, the body is unread.
         let receipt = Instant::now();

@@ -23,6 +23,8 @@ pub enum PollOutcome {
     /// Nothing to do before the poll timeout.
     Empty,
     NetworkError,
+    /// A proxy or TLS failure on the way to the control plane.
+    EdgeError,
     /// 429, 5xx or another unexpected status.
     HttpError,
     /// 401/403: the key is rejected.
@@ -34,10 +36,11 @@ pub enum PollOutcome {
 }
 
 impl PollOutcome {
-    pub const ALL: [PollOutcome; 7] = [
+    pub const ALL: [PollOutcome; 8] = [
         PollOutcome::Commands,
         PollOutcome::Empty,
         PollOutcome::NetworkError,
+        PollOutcome::EdgeError,
         PollOutcome::HttpError,
         PollOutcome::Rejected,
         PollOutcome::NotFound,
@@ -49,6 +52,7 @@ impl PollOutcome {
             PollOutcome::Commands => "commands",
             PollOutcome::Empty => "empty",
             PollOutcome::NetworkError => "network_error",
+            PollOutcome::EdgeError => "edge_error",
             PollOutcome::HttpError => "http_error",
             PollOutcome::Rejected => "rejected",
             PollOutcome::NotFound => "not_found",

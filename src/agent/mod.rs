@@ -10,6 +10,7 @@ pub mod config;
 pub mod control_plane;
 pub mod dispatch;
 pub mod drain;
+pub mod edge;
 pub mod health;
 pub mod lane;
 pub mod metrics;

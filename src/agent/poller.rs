@@ -122,6 +122,7 @@ impl Poller<'_> {
         if last_problem.take().is_some() {
             log::info!("polling recovered");
             self.readiness.set_auth_failure(None);
+            self.readiness.set_control_plane_problem(None);
         }
     }
 
@@ -130,6 +131,7 @@ impl Poller<'_> {
         let metrics = self.workers.metrics();
         metrics.poll(match &f {
             PollFailure::Network(_) => PollOutcome::NetworkError,
+            PollFailure::Edge(_) => PollOutcome::EdgeError,
             PollFailure::Status { .. } => PollOutcome::HttpError,
             PollFailure::Auth { .. } => PollOutcome::Rejected,
             PollFailure::NotFound { .. } => PollOutcome::NotFound,
@@ -159,10 +161,19 @@ impl Poller<'_> {
                 *last_problem = Some(text);
                 return max / 2 + j / 2;
             }
+            PollFailure::Edge(reason) => {
+                if changed {
+                    log::error!("poll failed: {text}; retrying with backoff");
+                }
+                self.readiness
+                    .set_control_plane_problem(Some(reason.clone()));
+            }
             _ => {
                 if changed {
                     log::warn!("poll failed: {text}; retrying with backoff");
                 }
+                // An older proxy/TLS verdict no longer describes what fails now.
+                self.readiness.set_control_plane_problem(None);
             }
         }
         *last_problem = Some(text);

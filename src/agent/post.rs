@@ -148,6 +148,8 @@ pub fn failed_before_send(e: &ureq::Error) -> bool {
     match e {
         ureq::Error::HostNotFound | ureq::Error::ConnectionFailed | ureq::Error::Tls(_) => true,
         ureq::Error::Rustls(_) => true,
+        // The proxy refused the tunnel: nothing reached the control plane.
+        ureq::Error::ConnectProxyFailed(_) => true,
         ureq::Error::Timeout(t) => matches!(t, ureq::Timeout::Resolve | ureq::Timeout::Connect),
         ureq::Error::Io(io) => matches!(
             io.kind(),

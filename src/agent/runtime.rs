@@ -124,6 +124,7 @@ async fn run_async(
             max_idle: cfg.max_concurrent,
             max_idle_age: cfg.connection_max_ttl,
         },
+        super::edge::clients(&cfg.edge, &cfg.base_url),
     );
     let cp = Arc::new(
         ControlPlane::new(&cfg, cp_agent, random::instance_id(), server_info)

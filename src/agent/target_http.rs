@@ -295,6 +295,7 @@ impl HttpTarget {
                 super::client::drain(&mut resp);
                 let ready = status != 404 && status < 500;
                 self.readiness.set_target_ready(ready);
+                self.readiness.set_target_problem(None);
                 if ready {
                     Ok(status)
                 } else {
@@ -303,10 +304,12 @@ impl HttpTarget {
             }
             Err(e) => {
                 self.readiness.set_target_ready(false);
-                Err(format!(
-                    "MCP server unreachable: {}",
-                    failure_of(&e, Phase::Request).source.as_str()
-                ))
+                let why = match super::edge::failure(&e) {
+                    Some(f) => f.reason,
+                    None => failure_of(&e, Phase::Request).source.as_str().to_string(),
+                };
+                self.readiness.set_target_problem(Some(why.clone()));
+                Err(format!("MCP server unreachable: {why}"))
             }
         }
     }
@@ -318,6 +321,8 @@ impl HttpTarget {
         let f = failure_of(e, phase);
         if matches!(f.source, S::Dns | S::Connect | S::Tls) {
             self.readiness.set_target_ready(false);
+            self.readiness
+                .set_target_problem(super::edge::failure(e).map(|f| f.reason));
         }
         // The error text can carry the MCP URL (and a token in its query): not logged.
         Outcome::Failure(f)
@@ -394,6 +399,11 @@ fn read_capped(
 /// error text goes into the failure (it may carry URLs).
 fn failure_of(e: &ureq::Error, phase: Phase) -> TunnelFailure {
     use ureq::Error as E;
+    // Proxy refusals (`connect`) and TLS verdicts (`tls`) first: ureq reports
+    // handshake errors as I/O errors, which would otherwise read as protocol.
+    if let Some(f) = super::edge::failure(e) {
+        return f.tunnel;
+    }
     match e {
         E::HostNotFound => fail(S::Dns, K::Dns),
         E::ConnectionFailed => fail(S::Connect, K::Dial),

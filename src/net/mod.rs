@@ -3,6 +3,8 @@
 pub mod http_server;
 #[cfg(unix)]
 pub mod listen_addr;
+pub mod proxy;
+pub mod tls_client;
 
 #[cfg(feature = "relay")]
 pub mod tls_listener;

@@ -1,0 +1,198 @@
+//! The relay's shared runtime context: current state, the tunnel queues,
+//! settings, audit log and counters. One per process, behind an `Rc` (the relay
+//! runs on one thread); nothing here is held across an `.await`.
+
+use std::cell::{Cell, Ref, RefCell, RefMut};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use http::HeaderMap;
+
+use crate::net::http_server::Response;
+use crate::proto::error_body;
+
+use super::audit::AuditLog;
+use super::auth::{self, AuthError, Principal};
+use super::keys;
+use super::metrics::{Metrics, TunnelGauges};
+use super::queue::{QueueConfig, TunnelQueue};
+use super::state::{Role, State};
+
+/// Settings the handlers need (a subset of `relay serve`'s flags).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub queue: QueueConfig,
+    /// Used when a client request carries no shorter deadline.
+    pub response_timeout: Duration,
+    /// Longest wait of one long-poll; a longer `timeout_ms` is cut to this.
+    pub poll_timeout_max: Duration,
+    /// Bound for the JSON scanner (the HTTP layer bounds bodies already).
+    pub max_body: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            queue: QueueConfig::default(),
+            response_timeout: Duration::from_secs(120),
+            poll_timeout_max: Duration::from_secs(30),
+            max_body: 4 * 1024 * 1024,
+        }
+    }
+}
+
+pub struct Hub {
+    state: RefCell<Rc<State>>,
+    queues: RefCell<HashMap<String, TunnelQueue>>,
+    pub settings: Settings,
+    pub audit: AuditLog,
+    pub metrics: Metrics,
+    closing: Cell<bool>,
+}
+
+impl Hub {
+    pub fn new(state: State, settings: Settings, audit: AuditLog) -> Rc<Hub> {
+        Rc::new(Hub {
+            state: RefCell::new(Rc::new(state)),
+            queues: RefCell::new(HashMap::new()),
+            settings,
+            audit,
+            metrics: Metrics::default(),
+            closing: Cell::new(false),
+        })
+    }
+
+    pub fn state(&self) -> Rc<State> {
+        self.state.borrow().clone()
+    }
+
+    /// Installs a reloaded state. Queues of deleted tunnels go (their waiters
+    /// learn it), and parked polls wake to re-check their key.
+    pub fn replace_state(&self, state: State) {
+        let mut queues = self.queues.borrow_mut();
+        queues.retain(|id, _| state.tunnel(id).is_some());
+        for q in queues.values_mut() {
+            q.wake_all();
+        }
+        *self.state.borrow_mut() = Rc::new(state);
+    }
+
+    /// Authorizes `credential` for `role` on `tunnel_id` against the current state.
+    pub fn authorize(
+        &self,
+        credential: Option<&str>,
+        tunnel_id: &str,
+        role: Role,
+    ) -> Result<Principal, AuthError> {
+        let state = self.state.borrow();
+        auth::authorize(&state, credential, tunnel_id, role).map(|(p, _)| p)
+    }
+
+    /// The queue of a tunnel, created on first use. Callers must not hold it across `.await`.
+    pub fn queue(&self, tunnel_id: &str) -> RefMut<'_, TunnelQueue> {
+        RefMut::map(self.queues.borrow_mut(), |qs| {
+            qs.entry(tunnel_id.to_string())
+                .or_insert_with(|| TunnelQueue::new(self.settings.queue.clone()))
+        })
+    }
+
+    /// Forgets a command; called from drop guards, so it never panics on a busy map
+    /// (the periodic sweep catches what this misses).
+    pub fn cancel(&self, tunnel_id: &str, request_id: &str) {
+        if let Ok(mut qs) = self.queues.try_borrow_mut() {
+            if let Some(q) = qs.get_mut(tunnel_id) {
+                q.cancel(request_id);
+            }
+        }
+    }
+
+    /// A poll ended (answered or dropped). Like [`Hub::cancel`], safe in drop
+    /// guards, and it does not resurrect the queue of a deleted tunnel.
+    pub fn poll_ended(&self, tunnel_id: &str, instance: &str, now: Instant) {
+        if let Ok(mut qs) = self.queues.try_borrow_mut() {
+            if let Some(q) = qs.get_mut(tunnel_id) {
+                q.poll_ended(instance, now);
+            }
+        }
+    }
+
+    pub fn queues(&self) -> Ref<'_, HashMap<String, TunnelQueue>> {
+        self.queues.borrow()
+    }
+
+    /// Periodic housekeeping: forget commands whose waiter vanished long ago.
+    pub fn sweep(&self, now: Instant) {
+        for q in self.queues.borrow_mut().values_mut() {
+            q.expire(now, Duration::from_secs(30));
+        }
+    }
+
+    /// Draining: parked polls answer 204 at once and new polls do not wait.
+    pub fn close(&self) {
+        self.closing.set(true);
+        for q in self.queues.borrow_mut().values_mut() {
+            q.wake_all();
+        }
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.get()
+    }
+
+    pub fn gauges(&self, now: Instant) -> Vec<TunnelGauges> {
+        let mut v: Vec<TunnelGauges> = self
+            .queues
+            .borrow()
+            .iter()
+            .map(|(id, q)| TunnelGauges {
+                tunnel_id: id.clone(),
+                connected_agents: q.connected_agents(now),
+                queue_depth: q.depth(),
+                in_flight: q.in_flight(),
+            })
+            .collect();
+        v.sort_by(|a, b| a.tunnel_id.cmp(&b.tunnel_id));
+        v
+    }
+}
+
+/// The relay's own error answer: `{"error":{"code","message","type"}}` as the
+/// OpenAPI `APIErrorBody` has it.
+pub fn error_response(status: u16, code: &str, message: &str) -> Response {
+    let mut body = Vec::new();
+    error_body::write(code, message, &mut body);
+    Response::json(status, body)
+}
+
+/// A header's value as text; absent, repeated-and-ambiguous or non-UTF-8 is `None`.
+pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    first.to_str().ok()
+}
+
+/// The bearer token of a header, if it holds one.
+pub fn bearer_of<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    header(headers, name).and_then(keys::bearer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn header_helpers() {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", HeaderValue::from_static("Bearer k1"));
+        assert_eq!(bearer_of(&h, "authorization"), Some("k1"));
+        assert_eq!(bearer_of(&h, "x-tunnel-authorization"), None);
+        h.append("authorization", HeaderValue::from_static("Bearer k2"));
+        // Two credentials: use neither.
+        assert_eq!(bearer_of(&h, "authorization"), None);
+    }
+}

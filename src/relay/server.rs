@@ -1,0 +1,288 @@
+//! Wiring: the route table, the state watcher, the listener and the drain.
+//!
+//! Everything runs on one thread: a `smol::LocalExecutor` drives the HTTP
+//! connections (net::http_server), the state watcher and the signal watcher.
+
+use std::future::Future;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_io::{Async, Timer};
+use smol::{future, LocalExecutor};
+
+use super::audit::AuditLog;
+use super::cli::ServeConfig;
+use super::connector;
+use super::control_plane;
+use super::hub::{error_response, Hub, Settings};
+use super::metrics::{Endpoint, Metrics};
+use super::queue::QueueConfig;
+use super::state::{StateDir, Watcher};
+use crate::net::http_server::{self, Handler, Limits, Request, Response};
+use crate::net::tls_listener::{self, ClientAuth};
+use crate::ops::shutdown::{self, Shutdown};
+
+/// How often the state file's metadata is checked (revocations apply within this).
+const STATE_POLL: Duration = Duration::from_millis(250);
+
+/// The route table.
+pub struct Router {
+    hub: Rc<Hub>,
+}
+
+impl Router {
+    pub fn new(hub: Rc<Hub>) -> Router {
+        Router { hub }
+    }
+}
+
+fn not_allowed(hub: &Hub, allow: &'static str) -> Response {
+    hub.metrics
+        .count(Endpoint::Other, 405, "method_not_allowed");
+    error_response(405, "method_not_allowed", "method not allowed here").with_header("Allow", allow)
+}
+
+impl Handler for Router {
+    fn handle(&self, req: Request) -> Pin<Box<dyn Future<Output = Response>>> {
+        let hub = self.hub.clone();
+        Box::pin(route(hub, req))
+    }
+}
+
+async fn route(hub: Rc<Hub>, req: Request) -> Response {
+    let path = req.uri.path().to_string();
+    let segs: Vec<&str> = path.split('/').skip(1).collect();
+    let get = req.method == http::Method::GET || req.method == http::Method::HEAD;
+    let post = req.method == http::Method::POST;
+    match segs.as_slice() {
+        ["v1", "tunnels", id] => match get {
+            true => control_plane::metadata(&hub, &req, id),
+            false => not_allowed(&hub, "GET"),
+        },
+        ["v1", "tunnels", id, "poll"] => match get {
+            true => {
+                let id = id.to_string();
+                control_plane::poll(hub, req, id).await
+            }
+            false => not_allowed(&hub, "GET"),
+        },
+        ["v1", "tunnels", id, "response"] => match post {
+            true => {
+                let id = id.to_string();
+                control_plane::respond(hub, req, id).await
+            }
+            false => not_allowed(&hub, "POST"),
+        },
+        ["v1", "mcp", id] | ["v1", "mcp", id, ""] => {
+            let id = id.to_string();
+            connector::handle(hub, req, id, None).await
+        }
+        ["v1", "mcp", id, channel] => {
+            let (id, channel) = (id.to_string(), channel.to_string());
+            connector::handle(hub, req, id, Some(channel)).await
+        }
+        ["healthz"] => Response::json(200, br#"{"status":"ok"}"#.to_vec()),
+        _ => {
+            hub.metrics.count(Endpoint::Other, 404, "not_found");
+            error_response(404, "not_found", "no such endpoint")
+        }
+    }
+}
+
+/// Why the relay could not start (exit 1, one line).
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// A relay bound to its address, not yet serving.
+pub struct Server {
+    cfg: ServeConfig,
+    listener: TcpListener,
+    watcher: Watcher,
+    hub: Rc<Hub>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl Server {
+    /// Loads the state, opens the audit log, binds the listener.
+    pub fn bind(cfg: ServeConfig) -> Result<Server, StartError> {
+        let (watcher, state) = Watcher::start(StateDir::new(cfg.state.clone()))
+            .map_err(|e| StartError(format!("--state: {e}")))?;
+        let audit = match &cfg.audit_log {
+            Some(p) => AuditLog::open(p)
+                .map_err(|e| StartError(format!("--audit-log {}: {e}", p.display())))?,
+            None => AuditLog::disabled(),
+        };
+        let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                tls_listener::server_config(cert, key, &ClientAuth::Off)
+                    .map_err(|e| StartError(format!("--tls-cert/--tls-key: {e}")))?,
+            ),
+            (None, None) => None,
+            _ => return Err(StartError("--tls-cert and --tls-key go together".into())),
+        };
+        if tls.is_none() && !cfg.listen.ip().is_loopback() && !cfg.insecure_http {
+            return Err(StartError(format!(
+                "--listen {}: plain HTTP only on loopback; give --tls-cert/--tls-key or --insecure-http",
+                cfg.listen
+            )));
+        }
+        let listener = TcpListener::bind(cfg.listen)
+            .map_err(|e| StartError(format!("--listen {}: cannot listen: {e}", cfg.listen)))?;
+        let settings = Settings {
+            queue: QueueConfig {
+                capacity: cfg.queue_size,
+                max_pending: cfg.max_pending.max(cfg.queue_size),
+                liveness: cfg.agent_liveness,
+            },
+            response_timeout: cfg.response_timeout,
+            poll_timeout_max: cfg.poll_timeout_max,
+            max_body: cfg.max_body,
+        };
+        let hub = Hub::new(state, settings, audit);
+        Ok(Server {
+            cfg,
+            listener,
+            watcher,
+            hub,
+            tls,
+        })
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr, StartError> {
+        self.listener
+            .local_addr()
+            .map_err(|e| StartError(format!("--listen: {e}")))
+    }
+
+    pub fn hub(&self) -> Rc<Hub> {
+        self.hub.clone()
+    }
+
+    /// Serves until `shutdown` fires, then drains. With `signals`, SIGTERM/SIGINT
+    /// trigger `shutdown` and SIGHUP reloads the state at once.
+    pub fn run(self, shutdown: Shutdown, signals: bool) -> Result<(), StartError> {
+        let Server {
+            cfg,
+            listener,
+            mut watcher,
+            hub,
+            tls,
+        } = self;
+        let limits = Limits {
+            max_body_bytes: cfg.max_body,
+            max_connections: cfg.max_connections,
+            drain: cfg.drain_timeout,
+            ..Limits::default()
+        };
+        let listener = Async::new(listener).map_err(|e| StartError(format!("--listen: {e}")))?;
+        let ex = Rc::new(LocalExecutor::new());
+        let (hup_tx, hup_rx) = smol::channel::bounded::<()>(1);
+        if signals {
+            let sd = shutdown.clone();
+            ex.spawn(async move {
+                let hup = move || {
+                    let _ = hup_tx.try_send(());
+                };
+                if let Err(e) = shutdown::watch_signals(sd, hup).await {
+                    log::error!("signal handling failed: {e}");
+                }
+            })
+            .detach();
+        }
+        let h = hub.clone();
+        ex.spawn(async move {
+            loop {
+                let forced = future::or(async { hup_rx.recv().await.is_ok() }, async {
+                    Timer::after(STATE_POLL).await;
+                    false
+                })
+                .await;
+                if forced {
+                    h.audit.reopen();
+                }
+                reload(&h, &mut watcher, forced);
+                h.sweep(Instant::now());
+            }
+        })
+        .detach();
+        let (h, sd) = (hub.clone(), shutdown.clone());
+        ex.spawn(async move {
+            sd.wait().await;
+            log::info!("shutting down: draining for up to {:?}", limits.drain);
+            h.close();
+        })
+        .detach();
+        let handler: Rc<dyn Handler> = Rc::new(Router::new(hub));
+        let ex2 = ex.clone();
+        future::block_on(ex.run(async move {
+            match tls {
+                Some(tls) => {
+                    tls_listener::serve_tls(listener, tls, handler, limits, ex2, shutdown).await
+                }
+                None => http_server::serve_tcp(listener, handler, limits, ex2, shutdown).await,
+            }
+        }));
+        Ok(())
+    }
+}
+
+fn reload(hub: &Hub, watcher: &mut Watcher, forced: bool) {
+    match watcher.poll(forced) {
+        Ok(Some(state)) => {
+            hub.replace_state(state);
+            Metrics::add(&hub.metrics.state_reloads, 1);
+            log::info!("relay state reloaded");
+        }
+        Ok(None) => {}
+        Err(e) => {
+            Metrics::add(&hub.metrics.state_reload_errors, 1);
+            log::error!("keeping the previous relay state: {e}");
+        }
+    }
+}
+
+/// `relay serve`: binds, prints `listening on ADDR`, serves until SIGTERM/SIGINT.
+pub fn run(cfg: ServeConfig, out: &mut dyn Write) -> i32 {
+    crate::ops::log::init(cfg.log_level, cfg.log_format);
+    let server = match Server::bind(cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("mcp-tunnel relay: {e}");
+            return 1;
+        }
+    };
+    let addr = match server.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("mcp-tunnel relay: {e}");
+            return 1;
+        }
+    };
+    if writeln!(out, "listening on {addr}")
+        .and_then(|()| out.flush())
+        .is_err()
+    {
+        eprintln!("mcp-tunnel relay: cannot write to stdout");
+        return 1;
+    }
+    log::info!("relay listening on {addr}");
+    match server.run(Shutdown::new(), true) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("mcp-tunnel relay: {e}");
+            1
+        }
+    }
+}

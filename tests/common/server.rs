@@ -1,0 +1,181 @@
+//! A tiny blocking HTTPS (or plain HTTP) server on 127.0.0.1:0: answers every
+//! request `200` with body `hello` (or `hello client <n>` when the TLS client
+//! presented a certificate), or with a fixed JSON body, and counts the
+//! requests it answered.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig, ServerConnection, StreamOwned};
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    served: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Server TLS config from PEM files; with `client_ca`, client certificates
+/// chaining to it are required.
+pub fn tls_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Arc<ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(ca).unwrap() {
+                roots.add(c.unwrap()).unwrap();
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    Arc::new(builder.with_single_cert(chain, key).unwrap())
+}
+
+impl TestServer {
+    /// `tls: None` serves plain HTTP.
+    pub fn start(tls: Option<Arc<ServerConfig>>) -> TestServer {
+        Self::start_with(tls, None)
+    }
+
+    /// Answers every request with this `application/json` body.
+    pub fn start_json(tls: Option<Arc<ServerConfig>>, json: &str) -> TestServer {
+        Self::start_with(tls, Some(json.to_string()))
+    }
+
+    fn start_with(tls: Option<Arc<ServerConfig>>, json: Option<String>) -> TestServer {
+        let json = Arc::new(json);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let served = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, st) = (served.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let (s, tls, json) = (s.clone(), tls.clone(), json.clone());
+                std::thread::spawn(move || handle(conn, tls, json.as_deref(), &s));
+            }
+        });
+        TestServer {
+            addr,
+            served,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn served(&self) -> usize {
+        self.served.load(Ordering::SeqCst)
+    }
+
+    pub fn url(&self, scheme: &str) -> String {
+        format!("{scheme}://{}/", self.addr)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect(self.addr);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn handle(
+    conn: TcpStream,
+    tls: Option<Arc<ServerConfig>>,
+    json: Option<&str>,
+    served: &AtomicUsize,
+) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+    match tls {
+        None => respond(conn, json.unwrap_or("hello"), json.is_some(), served),
+        Some(cfg) => {
+            let Ok(sc) = ServerConnection::new(cfg) else {
+                return;
+            };
+            let mut stream = StreamOwned::new(sc, conn);
+            // Drive the handshake; a failing client ends here, after a
+            // lingering close so it reads our alert rather than a reset.
+            while stream.conn.is_handshaking() {
+                if stream.conn.complete_io(&mut stream.sock).is_err() {
+                    linger(&mut stream.sock);
+                    return;
+                }
+            }
+            let body = match (json, stream.conn.peer_certificates()) {
+                (Some(j), _) => j.to_string(),
+                (None, Some(chain)) => format!("hello client {}", chain.len()),
+                (None, None) => "hello".to_string(),
+            };
+            respond(stream, &body, json.is_some(), served)
+        }
+    }
+}
+
+/// Half-closes and reads what the client still sends (bounded), so closing
+/// does not reset the connection and destroy the alert in flight.
+fn linger(sock: &mut TcpStream) {
+    let _ = sock.shutdown(std::net::Shutdown::Write);
+    let _ = sock.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut buf = [0u8; 4096];
+    let mut total = 0usize;
+    while let Ok(n) = sock.read(&mut buf) {
+        total += n;
+        if n == 0 || total > 1024 * 1024 {
+            break;
+        }
+    }
+}
+
+fn respond<S: Read + Write>(mut s: S, body: &str, is_json: bool, served: &AtomicUsize) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+        if head.len() > 64 * 1024 {
+            return;
+        }
+    }
+    let ctype = if is_json {
+        "application/json"
+    } else {
+        "text/plain"
+    };
+    let resp = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    if s.write_all(resp.as_bytes()).is_ok() && s.flush().is_ok() {
+        served.fetch_add(1, Ordering::SeqCst);
+    }
+}
