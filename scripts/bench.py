@@ -377,7 +377,11 @@ def main():
     ap.add_argument("--smoke", action="store_true", help="short runs; only checks that figures come out")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks.md"))
     ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--bin", help="the mcp-tunnel binary (default: target/release/mcp-tunnel, built if missing)")
     args = ap.parse_args()
+    global BIN
+    if args.bin:
+        BIN = os.path.abspath(args.bin)
     duration = 1 if args.smoke else args.duration
     runs = 1 if args.smoke else args.runs
 

@@ -386,7 +386,7 @@ fn response_helpers_build_the_documented_bodies() {
     assert_eq!(r.header("content-type"), Some("application/json"));
     assert_eq!(
         r.body,
-        br#"{"error":{"code":"not_found","message":"no \"such\" thing"}}"#
+        br#"{"error":{"code":"not_found","message":"no \"such\" thing","type":"invalid_request_error"}}"#
     );
     c.send(&get("/empty"));
     let r = c.head();

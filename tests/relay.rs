@@ -1113,7 +1113,10 @@ fn many_concurrent_requests_each_get_their_own_answer() {
 
 #[test]
 fn malformed_and_oversized_bodies() {
-    let relay = Relay::start_with(|c| c.max_body = 64 * 1024);
+    let relay = Relay::start_with(|c| {
+        c.max_body = 64 * 1024;
+        c.max_response_body = 64 * 1024;
+    });
     let agent = relay.agent();
     agent.hello();
     let url = relay.mcp_url();
@@ -1837,6 +1840,39 @@ fn two_megabyte_result_passes_through_unchanged() {
     let r = client.join().unwrap();
     assert_eq!(r.status, 200);
     assert!(r.body == fin.as_bytes(), "2 MB body differs");
+}
+
+#[test]
+fn agent_answers_have_their_own_larger_body_limit() {
+    // Clients stay within --max-body; an agent's answer may be larger (the
+    // Python SDK sends a 2 MB string twice, content and structuredContent).
+    let relay = Relay::start_with(|c| c.max_body = 1024 * 1024);
+    let agent = relay.agent();
+    agent.hello();
+    let url = relay.mcp_url();
+    let too_big_for_a_client = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"a","params":{{"x":"{}"}}}}"#,
+        "a".repeat(1024 * 1024)
+    );
+    assert_eq!(
+        mcp_post(&url, &relay.connector, &too_big_for_a_client).err(),
+        (413, Some("request_body_too_large".into()))
+    );
+    let client = mcp_post_bg(url, relay.connector.clone(), CALL.into());
+    let c = agent.take(1).remove(0);
+    let fin = format!(
+        r#"{{"jsonrpc":"2.0","id":7,"result":{{"content":[{{"type":"text","text":"{}"}}]}}}}"#,
+        "b".repeat(6 * 1024 * 1024)
+    );
+    assert_eq!(
+        agent
+            .answer(&c, "jsonrpc_response", 200, Some(&fin), "{}")
+            .status,
+        200
+    );
+    let r = client.join().unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.body == fin.as_bytes(), "6 MiB answer differs");
 }
 
 #[test]

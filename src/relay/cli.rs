@@ -73,7 +73,8 @@ usage: mcp-tunnel relay serve --state DIR --listen ADDR [options]
   --tls-key FILE             PEM private key
   --insecure-http            allow plain HTTP on a non-loopback address
   --audit-log PATH           append one JSON line per MCP request
-  --max-body BYTES           largest request body (default 4194304)
+  --max-body BYTES           largest client request body (default 4194304)
+  --max-response-body BYTES  largest agent response POST (default 41943040)
   --max-connections N        concurrent connections (default 1024)
   --queue-size N             commands waiting per tunnel (default 64)
   --max-pending N            commands waiting or in flight per tunnel (default 1024)
@@ -101,6 +102,7 @@ pub struct ServeConfig {
     pub insecure_http: bool,
     pub audit_log: Option<PathBuf>,
     pub max_body: usize,
+    pub max_response_body: usize,
     pub max_connections: usize,
     pub queue_size: usize,
     pub max_pending: usize,
@@ -126,6 +128,7 @@ impl ServeConfig {
             insecure_http: false,
             audit_log: None,
             max_body: 4 * 1024 * 1024,
+            max_response_body: crate::relay::hub::DEFAULT_MAX_RESPONSE_BODY,
             max_connections: 1024,
             queue_size: 64,
             max_pending: 1024,
@@ -759,6 +762,9 @@ fn serve(p: &mut lexopt::Parser, out: &mut dyn Write) -> Run {
             Long("insecure-http") => cfg.insecure_http = true,
             Long("audit-log") => cfg.audit_log = Some(PathBuf::from(p.value()?)),
             Long("max-body") => cfg.max_body = number_value(p, "max-body")?,
+            Long("max-response-body") => {
+                cfg.max_response_body = number_value(p, "max-response-body")?
+            }
             Long("max-connections") => cfg.max_connections = number_value(p, "max-connections")?,
             Long("queue-size") => cfg.queue_size = number_value(p, "queue-size")?,
             Long("max-pending") => cfg.max_pending = number_value(p, "max-pending")?,

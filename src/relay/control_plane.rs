@@ -288,7 +288,7 @@ pub async fn respond(hub: Rc<Hub>, req: Request, tunnel_id: String) -> Response 
         );
     };
     let limits = Limits {
-        max_len: hub.settings.max_body,
+        max_len: hub.settings.max_response_body,
         ..Limits::default()
     };
     let decoded = match response::decode(&req.body, &limits) {

@@ -29,6 +29,9 @@ pub struct Settings {
     pub poll_timeout_max: Duration,
     /// Bound for the JSON scanner (the HTTP layer bounds bodies already).
     pub max_body: usize,
+    /// Bound for an agent's response POST: it carries whole MCP answers
+    /// (the agent forwards up to 32 MiB), so it is larger than `max_body`.
+    pub max_response_body: usize,
 }
 
 impl Default for Settings {
@@ -38,9 +41,14 @@ impl Default for Settings {
             response_timeout: Duration::from_secs(120),
             poll_timeout_max: Duration::from_secs(30),
             max_body: 4 * 1024 * 1024,
+            max_response_body: DEFAULT_MAX_RESPONSE_BODY,
         }
     }
 }
+
+/// The agent reads MCP answers up to 32 MiB; the POST around one adds its
+/// envelope and JSON escaping headroom.
+pub const DEFAULT_MAX_RESPONSE_BODY: usize = 40 * 1024 * 1024;
 
 pub struct Hub {
     state: RefCell<Rc<State>>,

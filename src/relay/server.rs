@@ -53,6 +53,13 @@ impl Handler for Router {
         let hub = self.hub.clone();
         Box::pin(route(hub, req))
     }
+
+    fn max_body_bytes(&self, method: &http::Method, uri: &http::Uri) -> Option<usize> {
+        let response_post = method == http::Method::POST
+            && uri.path().starts_with("/v1/tunnels/")
+            && uri.path().ends_with("/response");
+        response_post.then_some(self.hub.settings.max_response_body)
+    }
 }
 
 async fn route(hub: Rc<Hub>, req: Request) -> Response {
@@ -180,6 +187,7 @@ impl Server {
             response_timeout: cfg.response_timeout,
             poll_timeout_max: cfg.poll_timeout_max,
             max_body: cfg.max_body,
+            max_response_body: cfg.max_response_body,
         };
         let hub = Hub::new(state, settings, audit);
         Ok(Server {

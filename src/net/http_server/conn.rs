@@ -103,6 +103,9 @@ struct Head {
     uri: http::Uri,
     headers: http::HeaderMap,
     content_length: Option<u64>,
+    /// The body limit for this request: the handler's choice for its route,
+    /// else [`Limits::max_body_bytes`].
+    max_body: usize,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
@@ -131,10 +134,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 return end;
             }
             first = false;
-            let (head, reply) = match self.recv_head().await {
+            let (mut head, reply) = match self.recv_head().await {
                 Ok(v) => v,
                 Err(end) => return end,
             };
+            head.max_body = handler
+                .max_body_bytes(&head.method, &head.uri)
+                .unwrap_or(self.limits.max_body_bytes);
             let (reply, body) = match self.recv_body_state(&head, reply).await {
                 Ok(v) => v,
                 Err(end) => return end,
@@ -292,6 +298,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             uri: parts.uri,
             headers: parts.headers,
             content_length,
+            max_body: self.limits.max_body_bytes,
         };
         Ok((head, reply))
     }
@@ -308,7 +315,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         };
         let too_large = head
             .content_length
-            .is_some_and(|n| n > self.limits.max_body_bytes as u64);
+            .is_some_and(|n| n > head.max_body as u64);
         match next {
             RecvRequestResult::ProvideResponse(r) => Ok((r, Vec::new())),
             RecvRequestResult::Send100(r) => {
@@ -348,7 +355,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         head: &Head,
         mut reply: Reply<RecvBody>,
     ) -> Result<(Reply<ProvideResponse>, Vec<u8>), End> {
-        let max = self.limits.max_body_bytes;
+        let max = head.max_body;
         if self.body_defaults_to_chunked(head) {
             // ureq-proto treats a POST/PUT/PATCH with neither content-length nor
             // transfer-encoding as chunked; HTTP/1.1 says it has no body

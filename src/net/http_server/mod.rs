@@ -166,10 +166,9 @@ impl Response {
 
     /// `{"error":{"code":..,"message":..}}`, both strings JSON-escaped.
     pub fn error(status: u16, code: &str, message: &str) -> Response {
-        let code = miniserde::json::to_string(code);
-        let message = miniserde::json::to_string(message);
-        let body = format!(r#"{{"error":{{"code":{code},"message":{message}}}}}"#);
-        Response::json(status, body.into_bytes())
+        let mut body = Vec::with_capacity(96 + message.len());
+        crate::proto::error_body::write(code, message, &mut body);
+        Response::json(status, body)
     }
 
     /// A streamed body (SSE and the like): chunked, each item flushed as it comes.
@@ -193,6 +192,15 @@ impl Response {
 /// Drop guards). The same holds for a `Body::Stream` while it is being sent.
 pub trait Handler {
     fn handle(&self, req: Request) -> Pin<Box<dyn Future<Output = Response>>>;
+
+    /// The largest body accepted for a request to `uri`, decided from the
+    /// head before any body byte is read; `None` keeps
+    /// [`Limits::max_body_bytes`]. Lets one listener take large agent answers
+    /// on one route while keeping client requests small on the others.
+    fn max_body_bytes(&self, method: &http::Method, uri: &http::Uri) -> Option<usize> {
+        let _ = (method, uri);
+        None
+    }
 }
 
 /// Any `Fn(Request) -> impl Future<Output = Response>` is a handler.
