@@ -5,7 +5,7 @@ export CARGO
 E2E_PYTHON ?= .cache/venv-mcp2/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: all build run test bench bench-smoke lint test-deps unit no-tokio e2e static cross ops
+.PHONY: all build run test bench bench-smoke fuzz lint test-deps unit no-tokio e2e static cross ops
 
 all: build
 
@@ -70,3 +70,7 @@ test:
 	$(MAKE) e2e
 	$(MAKE) ops
 	$(MAKE) bench-smoke
+
+# Coverage-guided fuzzing of src/proto (tests/fuzz); FUZZ_SECONDS per target.
+fuzz:
+	scripts/fuzz.sh $(FUZZ_SECONDS)

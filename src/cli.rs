@@ -1,4 +1,5 @@
-//! Top-level command line: dispatch to `agent` (alias `run`), `relay`, `sample-server`.
+//! Top-level command line: dispatch to `agent` (alias `run`), `doctor`,
+//! `relay`, `sample-server`.
 //!
 //! Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
 
@@ -12,7 +13,10 @@ fn usage() -> String {
          Usage: mcp-tunnel <COMMAND> [OPTIONS]\n\nCommands:\n"
     );
     #[cfg(feature = "agent")]
-    out.push_str("  agent, run      poll the tunnel control plane and forward MCP requests\n");
+    out.push_str(
+        "  agent, run      poll the tunnel control plane and forward MCP requests\n  \
+         doctor          check the agent's path (DNS, proxy, TLS, key, MCP) with its options\n",
+    );
     #[cfg(feature = "relay")]
     out.push_str(
         "  relay           the self-hosted control plane and MCP endpoint\n  \
@@ -49,6 +53,8 @@ pub fn run(args: Vec<OsString>) -> i32 {
         }
         #[cfg(feature = "agent")]
         Some("agent") | Some("run") => crate::agent::cli_main(rest),
+        #[cfg(feature = "agent")]
+        Some("doctor") => crate::agent::doctor::main(rest),
         #[cfg(feature = "relay")]
         Some("relay") => crate::relay::cli::main(rest),
         #[cfg(feature = "relay")]
@@ -79,5 +85,7 @@ mod tests {
         assert_eq!(run(args(&["frobnicate"])), 2);
         assert_eq!(run(args(&[])), 2);
         assert!(usage().contains("agent"));
+        #[cfg(feature = "agent")]
+        assert!(usage().contains("doctor"));
     }
 }

@@ -295,3 +295,102 @@ fn large_answers_pass_and_oversized_ones_are_refused() {
         }
     }
 }
+
+/// Progress does not extend the deadline: a stream that keeps sending
+/// notifications past `response_timeout` is cut at the deadline; the
+/// notifications sent before it were posted, the late final answer is not,
+/// and no synthesized error is posted either.
+#[test]
+fn progress_does_not_extend_the_deadline() {
+    let mcp = spawn_server(|req, stream| {
+        if req.body_str().contains("\"id\":1,") {
+            sse_head(stream, &[]);
+            for i in 0..20 {
+                if !sse_event(
+                    stream,
+                    &format!(
+                        r#"{{"jsonrpc":"2.0","method":"notifications/progress","params":{{"progress":{i}}}}}"#
+                    ),
+                ) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            sse_event(stream, r#"{"jsonrpc":"2.0","id":1,"result":{}}"#);
+        } else {
+            respond(
+                stream,
+                200,
+                &[("Content-Type", "application/json")],
+                br#"{"jsonrpc":"2.0","id":2,"result":{}}"#,
+            );
+        }
+    });
+    let cp = FakeCp::start();
+    cp.push_batch(&[
+        jsonrpc_command("chatty", &call(1), r#","response_timeout":"700ms""#),
+        jsonrpc_command("after", &call(2), ""),
+    ]);
+    let agent = start_agent(
+        &cp,
+        &format!("http://{mcp}/mcp"),
+        &["--mcp.max-concurrent-requests", "1"],
+    );
+    let end = std::time::Instant::now() + WAIT;
+    while !cp.posts().iter().any(|p| posted(p).request_id == "after") {
+        assert!(std::time::Instant::now() < end, "no post for after");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(agent.stop(), 0);
+    let chatty: Vec<String> = cp
+        .posts()
+        .iter()
+        .map(posted)
+        .filter(|p| p.request_id == "chatty")
+        .map(|p| p.resp_type)
+        .collect();
+    assert!(
+        !chatty.is_empty(),
+        "progress before the deadline was posted"
+    );
+    assert!(
+        chatty.iter().all(|t| t == "jsonrpc_notify"),
+        "no final after the deadline: {chatty:?}"
+    );
+}
+
+/// When the deadline passes during MCP work the agent closes that MCP
+/// connection (for 2026-07-28 servers closing the stream is the
+/// cancellation): the server's writes on the open SSE stream start failing.
+#[test]
+fn deadline_closes_the_mcp_connection() {
+    let (tx, rx) = std::sync::mpsc::channel::<bool>();
+    let tx = std::sync::Mutex::new(tx);
+    let mcp = spawn_server(move |_req, stream| {
+        sse_head(stream, &[]);
+        let end = std::time::Instant::now() + WAIT;
+        let mut closed = false;
+        while std::time::Instant::now() < end {
+            if stream.write_all(b": keep-alive\n\n").is_err() {
+                closed = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = tx.lock().unwrap().send(closed);
+    });
+    let cp = FakeCp::start();
+    cp.push_batch(&[jsonrpc_command(
+        "cut",
+        &call(1),
+        r#","response_timeout":"500ms""#,
+    )]);
+    let agent = start_agent(&cp, &format!("http://{mcp}/mcp"), &[]);
+    let closed = rx.recv_timeout(WAIT + Duration::from_secs(5)).unwrap();
+    assert_eq!(agent.stop(), 0);
+    assert!(
+        closed,
+        "the agent kept the MCP stream open past the deadline"
+    );
+    assert!(cp.posts().is_empty(), "nothing posted after the deadline");
+}

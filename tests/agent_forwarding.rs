@@ -314,3 +314,36 @@ fn slow_command_does_not_block_others() {
     cp.wait_posts(2);
     assert_eq!(agent.stop(), 0);
 }
+
+/// The runtime key authenticates the agent to the control plane only: a
+/// command without its own Authorization reaches the MCP server with none.
+#[test]
+fn runtime_key_never_reaches_the_mcp_server() {
+    let seen: Arc<Mutex<Vec<Req>>> = Arc::default();
+    let s2 = seen.clone();
+    let mcp = spawn_server(move |req, stream| {
+        s2.lock().unwrap().push(req);
+        respond(
+            stream,
+            200,
+            &[("Content-Type", "application/json")],
+            br#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
+        );
+    });
+    let cp = FakeCp::start();
+    cp.push_batch(&[jsonrpc_command("no-auth", &call(1), "")]);
+    let agent = start_agent(&cp, &format!("http://{mcp}/mcp"), &[]);
+    cp.wait_posts(1);
+    assert_eq!(agent.stop(), 0);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].header_count("Authorization"), 0);
+    assert!(
+        seen[0]
+            .headers
+            .iter()
+            .all(|(_, v)| !v.contains("sk-test-key")),
+        "{:?}",
+        seen[0].headers
+    );
+}

@@ -44,6 +44,28 @@ fn poll_401_backs_off_and_reports_not_ready() {
     assert_eq!(agent.stop(), 0);
 }
 
+/// 403 on poll is an operator problem too: readiness names the status and the
+/// error code, and the agent backs off instead of retrying at once.
+#[test]
+fn poll_403_backs_off_and_reports_the_code() {
+    let cp = FakeCp::start();
+    cp.with(|s| s.poll_status = Some(403));
+    let agent = start_agent(&cp, &format!("http://{}/mcp", ok_mcp()), &[]);
+    cp.wait_polls(1);
+    std::thread::sleep(Duration::from_millis(1500));
+    let polls = cp.poll_count();
+    assert!(polls <= 2, "{polls} polls in 1.5 s after a 403: tight loop");
+    let reason = agent
+        .readiness
+        .not_ready_reason()
+        .expect("not ready while the key is refused");
+    assert!(
+        reason.contains("403") && reason.contains("invalid_api_key"),
+        "{reason}"
+    );
+    assert_eq!(agent.stop(), 0);
+}
+
 #[test]
 fn poll_404_is_terminal_with_non_zero_exit() {
     let cp = FakeCp::start();
@@ -300,4 +322,206 @@ fn drain_timeout_bounds_the_stop() {
     rx.recv_timeout(WAIT).unwrap();
     assert_eq!(agent.stop(), 0);
     assert!(cp.posts().is_empty());
+}
+
+/// Polls until a post for `request_id` has arrived; returns every post so far.
+fn wait_post_for(cp: &FakeCp, request_id: &str) -> Vec<Req> {
+    let end = std::time::Instant::now() + WAIT;
+    loop {
+        let posts = cp.posts();
+        if posts.iter().any(|p| posted(p).request_id == request_id) {
+            return posts;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "no post for {request_id}: {:?}",
+            posts
+                .iter()
+                .map(|p| posted(p).request_id)
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Poll 429 and 5xx are retried (with backoff), not terminal: once the
+/// control plane recovers, the queued work is delivered by the same process.
+#[test]
+fn poll_429_and_5xx_are_retried_until_the_control_plane_recovers() {
+    for status in [429, 503] {
+        let cp = FakeCp::start();
+        cp.with(|s| s.poll_status = Some(status));
+        let agent = start_agent(&cp, &format!("http://{}/mcp", ok_mcp()), &[]);
+        cp.wait_polls(3);
+        assert!(
+            agent.wait_exit(Duration::ZERO).is_none(),
+            "{status}: exited"
+        );
+        cp.push_batch(&[jsonrpc_command("after-outage", &call(1), "")]);
+        cp.with(|s| s.poll_status = None);
+        let posts = wait_post_for(&cp, "after-outage");
+        assert_eq!(agent.stop(), 0, "{status}");
+        assert_eq!(posted(&posts[0]).resp_code, 200, "{status}");
+    }
+}
+
+/// A Retry-After that would end past the command deadline is not waited
+/// for: the post is abandoned at once and the single worker moves on to the
+/// next command (an agent that slept the capped 60 s first would miss WAIT),
+/// and the first post is never resent late.
+#[test]
+fn retry_after_never_waits_past_the_deadline() {
+    let cp = FakeCp::start();
+    cp.with(|s| {
+        s.post_replies
+            .push_back((503, vec![("Retry-After".into(), "120".into())]))
+    });
+    cp.push_batch(&[
+        jsonrpc_command("short", &call(1), r#","response_timeout":"2s""#),
+        jsonrpc_command("next", &call(2), ""),
+    ]);
+    let agent = start_agent(
+        &cp,
+        &format!("http://{}/mcp", ok_mcp()),
+        &["--mcp.max-concurrent-requests", "1"],
+    );
+    let posts = wait_post_for(&cp, "next");
+    assert_eq!(agent.stop(), 0);
+    let ids: Vec<String> = posts.iter().map(|p| posted(p).request_id).collect();
+    assert_eq!(ids, ["short", "next"], "no late resend of the first post");
+}
+
+/// The receipt instant is taken when the poll response head arrives, before
+/// the body is read: a body that trickles in for longer than a command's
+/// `response_timeout` leaves that command already expired (dropped without
+/// contacting MCP), while a command of the same batch without a deadline runs.
+#[test]
+fn deadlines_count_from_the_response_head_not_the_end_of_the_body() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h2 = hits.clone();
+    let mcp = spawn_server(move |req, stream| {
+        h2.fetch_add(1, Ordering::SeqCst);
+        let id = if req.body_str().contains("\"id\":2,") {
+            2
+        } else {
+            1
+        };
+        let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{{}}}}"#);
+        respond(
+            stream,
+            200,
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        );
+    });
+    let batch = format!(
+        r#"{{"commands":[{},{}]}}"#,
+        jsonrpc_command("slow-body", &call(1), r#","response_timeout":"1s""#),
+        jsonrpc_command("control", &call(2), "")
+    );
+    let state: Arc<(Mutex<CpState>, std::sync::Condvar)> = Arc::default();
+    let st = state.clone();
+    let first_poll = Arc::new(AtomicUsize::new(0));
+    let addr = spawn_server(move |req, stream| {
+        use std::io::Write;
+        let path = req.path().to_string();
+        if req.method == "GET" && path.ends_with("/poll") {
+            if first_poll.fetch_add(1, Ordering::SeqCst) == 0 {
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    batch.len()
+                );
+                let (a, b) = batch.as_bytes().split_at(batch.len() / 2);
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.write_all(a);
+                let _ = stream.flush();
+                // Longer than slow-body's response_timeout.
+                std::thread::sleep(Duration::from_millis(1500));
+                let _ = stream.write_all(b);
+            } else {
+                std::thread::sleep(Duration::from_millis(150));
+                respond(stream, 204, &[], b"");
+            }
+        } else if req.method == "POST" && path.ends_with("/response") {
+            let (lock, cv) = &*st;
+            lock.lock().unwrap().posts.push(req);
+            cv.notify_all();
+            respond(stream, 200, &[], br#"{"status":"ok"}"#);
+        } else {
+            respond(
+                stream,
+                200,
+                &[],
+                br#"{"id":"tunnel_test","name":"t","description":""}"#,
+            );
+        }
+    });
+    let cp = FakeCp { addr, state };
+    let agent = start_agent(&cp, &format!("http://{mcp}/mcp"), &[]);
+    let posts = wait_post_for(&cp, "control");
+    assert_eq!(agent.stop(), 0);
+    let ids: Vec<String> = cp.posts().iter().map(|p| posted(p).request_id).collect();
+    assert_eq!(ids, ["control"]);
+    assert_eq!(posted(&posts[0]).resp_code, 200);
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "slow-body never reached MCP"
+    );
+}
+
+/// The agent's own read deadline on a poll is the requested wait plus a
+/// guard: a control plane that never answers does not hang the loop, and
+/// the agent does not give up before the wait it asked for (plus most of
+/// the 5 s guard) has passed.
+#[test]
+fn a_hung_poll_is_abandoned_after_the_wait_plus_the_guard() {
+    let state: Arc<(Mutex<CpState>, std::sync::Condvar)> = Arc::default();
+    let st = state.clone();
+    let addr = spawn_server(move |req, stream| {
+        let path = req.path().to_string();
+        let (lock, cv) = &*st;
+        if req.method == "GET" && path.ends_with("/poll") {
+            let first = {
+                let mut s = lock.lock().unwrap();
+                s.polls.push(req);
+                cv.notify_all();
+                s.polls.len() == 1
+            };
+            // The first poll never gets an answer while the test runs.
+            std::thread::sleep(Duration::from_millis(if first { 30_000 } else { 150 }));
+            respond(stream, 204, &[], b"");
+        } else {
+            respond(
+                stream,
+                200,
+                &[],
+                br#"{"id":"tunnel_test","name":"t","description":""}"#,
+            );
+        }
+    });
+    let cp = FakeCp { addr, state };
+    let agent = start_agent(&cp, &format!("http://{}/mcp", ok_mcp()), &[]);
+    cp.wait_polls(2);
+    assert_eq!(agent.stop(), 0);
+    let polls = cp.with(|s| s.polls.clone());
+    assert!(polls[0].query().contains("timeout_ms=1000"));
+    let gap = polls[1].at.duration_since(polls[0].at);
+    assert!(gap >= Duration::from_secs(5), "gave up after {gap:?}");
+}
+
+/// `limit` is the free local capacity capped at 25, whatever max-inflight says.
+#[test]
+fn poll_limit_is_capped_at_25() {
+    let cp = FakeCp::start();
+    let agent = start_agent(
+        &cp,
+        &format!("http://{}/mcp", ok_mcp()),
+        &["--control-plane.max-inflight", "40"],
+    );
+    cp.wait_polls(2);
+    assert_eq!(agent.stop(), 0);
+    for p in cp.with(|s| s.polls.clone()) {
+        assert!(p.query().contains("limit=25&"), "{}", p.query());
+    }
 }

@@ -417,7 +417,7 @@ fn readyz_follows_target_and_key_state() {
         code, 503,
         "an MCP server answering 503 is not ready: {body}"
     );
-    assert!(body.contains("\"reason\":\"MCP server"), "{body}");
+    assert!(body.contains("MCP server has not answered"), "{body}");
     assert_eq!(get(health, "/healthz").0, 200, "alive while not ready");
 
     status.store(200, Ordering::SeqCst);
@@ -483,4 +483,38 @@ fn health_on_a_unix_socket() {
     assert_eq!(agent.stop(), 0);
     assert!(!sock.exists(), "socket file removed at stop");
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A stdio MCP server that keeps exiting: its restarts are counted per channel.
+#[test]
+fn stdio_child_restarts_are_counted_per_channel() {
+    let mcp = spawn_server(|_req, stream| respond(stream, 401, &[], b""));
+    let cp = FakeCp::start();
+    let health = dead_addr();
+    let h = health.to_string();
+    let agent = start_agent(
+        &cp,
+        &format!("http://{mcp}/mcp"),
+        &[
+            "--health.listen-addr",
+            &h,
+            "--mcp.command",
+            "channel=tools,command=sh -c 'exit 3'",
+        ],
+    );
+    let s = scrape_until(health, "a restart counted", |s| {
+        s.val(
+            "mcp_tunnel_agent_child_restarts_total",
+            &[("channel", "tools")],
+        ) >= 1.0
+    });
+    assert_eq!(
+        s.val(
+            "mcp_tunnel_agent_child_restarts_total",
+            &[("channel", "main")]
+        ),
+        0.0,
+        "the HTTP channel has no child"
+    );
+    assert_eq!(agent.stop(), 0);
 }

@@ -1846,13 +1846,13 @@ fn two_megabyte_result_passes_through_unchanged() {
 fn agent_answers_have_their_own_larger_body_limit() {
     // Clients stay within --max-body; an agent's answer may be larger (the
     // Python SDK sends a 2 MB string twice, content and structuredContent).
-    let relay = Relay::start_with(|c| c.max_body = 1024 * 1024);
+    let relay = Relay::start_with(|c| c.max_body = 64 * 1024);
     let agent = relay.agent();
     agent.hello();
     let url = relay.mcp_url();
     let too_big_for_a_client = format!(
         r#"{{"jsonrpc":"2.0","id":1,"method":"a","params":{{"x":"{}"}}}}"#,
-        "a".repeat(1024 * 1024)
+        "a".repeat(100 * 1024)
     );
     assert_eq!(
         mcp_post(&url, &relay.connector, &too_big_for_a_client).err(),

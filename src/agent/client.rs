@@ -45,6 +45,21 @@ pub fn agents(
     )
 }
 
+/// The control-plane agent and one MCP agent per HTTP target, with the MCP
+/// hop's TLS and proxy (`agent::edge`). Separate agents mean separate connection pools: a
+/// connection opened for one channel's origin is never reused for another.
+pub fn agents_per_target(
+    cp: &ClientOptions,
+    mcp: &ClientOptions,
+    edge: Clients,
+    targets: usize,
+) -> (ureq::Agent, Vec<ureq::Agent>) {
+    let per_target = (0..targets)
+        .map(|_| agent(mcp, edge.mcp_tls.clone(), edge.mcp_proxy.clone()))
+        .collect();
+    (agent(cp, edge.cp_tls, edge.cp_proxy), per_target)
+}
+
 /// Bodies up to this size are read to the end to keep the connection.
 const MAX_DRAIN: u64 = 64 * 1024;
 

@@ -19,6 +19,9 @@ use crate::net::listen_addr::ListenAddr;
 use crate::ops::log::{parse_level, LogFormat};
 use crate::proto::channel::Channel;
 use crate::proto::timeout::parse_config_duration;
+pub use targets::{ChannelTarget, Plan, TargetSpec};
+
+mod targets;
 
 /// One configurable setting: its flag (without `--`), environment variable and default.
 pub struct Setting {
@@ -66,7 +69,7 @@ pub const API_KEY: Setting = s(
     "control-plane.api-key",
     "CONTROL_PLANE_API_KEY",
     None,
-    "runtime API key (required; fallback OPENAI_API_KEY); a value, env:NAME or file:/path (re-read on 401)",
+    "runtime API key (required unless --control-plane.client-cert is set and the tunnel admits agents by certificate; fallback OPENAI_API_KEY); a value, env:NAME or file:/path (re-read on 401)",
 );
 /// The reference client's fallback for the API key.
 pub const API_KEY_FALLBACK_ENV: &str = "OPENAI_API_KEY";
@@ -95,12 +98,20 @@ pub const POLL_CHANNEL: Setting = Setting {
     help: "channel to poll and serve (repeatable; env: comma-separated); default main",
     repeatable: true,
 };
-pub const MCP_SERVER_URL: Setting = s(
-    "mcp.server-url",
-    "MCP_SERVER_URL",
-    None,
-    "Streamable HTTP URL of the MCP server (required)",
-);
+pub const MCP_SERVER_URL: Setting = Setting {
+    flag: "mcp.server-url",
+    env: "MCP_SERVER_URL",
+    default: None,
+    help: "Streamable HTTP URL of an MCP server: a URL (channel main) or channel=NAME,url=URL[,header=Name:value...] (repeatable; this or --mcp.command is required)",
+    repeatable: true,
+};
+pub const MCP_COMMAND: Setting = Setting {
+    flag: "mcp.command",
+    env: "MCP_COMMAND",
+    default: None,
+    help: "stdio MCP server to run (no shell; quotes and backslashes group words): a command (channel main) or channel=NAME,command=CMD (repeatable)",
+    repeatable: true,
+};
 pub const MCP_EXTRA_HEADERS: Setting = Setting {
     flag: "mcp.extra-headers",
     env: "MCP_EXTRA_HEADERS",
@@ -174,6 +185,7 @@ pub const SETTINGS: &[&Setting] = &[
     &POLL_TIMEOUT,
     &POLL_CHANNEL,
     &MCP_SERVER_URL,
+    &MCP_COMMAND,
     &MCP_EXTRA_HEADERS,
     &MCP_MAX_CONCURRENT,
     &MCP_CONNECTION_MAX_TTL,
@@ -214,11 +226,12 @@ pub struct AgentConfig {
     pub organization_id: Option<String>,
     pub max_inflight: usize,
     pub poll_timeout: Duration,
-    /// The channels served; `explicit_channels` tells whether to name them in the poll.
+    /// The channels polled, served and declared; `explicit_channels` tells
+    /// whether to name them in the poll.
     pub channels: Vec<Channel>,
     pub explicit_channels: bool,
-    pub mcp_server_url: String,
-    pub mcp_extra_headers: Vec<ExtraHeader>,
+    /// Each target and the channels it serves.
+    pub targets: Vec<ChannelTarget>,
     pub max_concurrent: usize,
     pub connection_max_ttl: Duration,
     pub startup_wait_timeout: Duration,
@@ -379,18 +392,32 @@ fn build(l: &Layers<'_>) -> Result<AgentConfig, ConfigError> {
         .or_else(|| (l.env)(API_KEY.env))
         .or_else(|| (l.env)(API_KEY_FALLBACK_ENV))
         .or_else(|| l.file.get(API_KEY.env).cloned())
-        .or_else(|| l.file.get(API_KEY_FALLBACK_ENV).cloned())
-        .ok_or_else(|| {
-            ConfigError(format!(
-                "missing required --{} ({} or {})",
-                API_KEY.flag, API_KEY.env, API_KEY_FALLBACK_ENV
-            ))
-        })?;
-    let api_key_source = SecretSource::parse(&raw_key);
+        .or_else(|| l.file.get(API_KEY_FALLBACK_ENV).cloned());
     let lookup = |n: &str| l.lookup_env(n);
-    let api_key = api_key_source
-        .resolve(&lookup)
-        .map_err(|why| invalid(&API_KEY, why))?;
+    // With a control-plane client certificate the key may be left out: a
+    // relay tunnel in `cert` mode admits the agent by its certificate alone.
+    let keyless = raw_key.is_none()
+        && l.get(&edge::CP_CLIENT_CERT)
+            .is_some_and(|v| !v.trim().is_empty());
+    let (api_key_source, api_key) = match raw_key {
+        Some(raw) => {
+            let source = SecretSource::parse(&raw);
+            let key = source
+                .resolve(&lookup)
+                .map_err(|why| invalid(&API_KEY, why))?;
+            (source, key)
+        }
+        None if keyless => {
+            let none = Secret::new(String::new());
+            (SecretSource::Literal(none.clone()), none)
+        }
+        None => {
+            return Err(ConfigError(format!(
+            "missing required --{} ({} or {}; may be left out with --control-plane.client-cert)",
+            API_KEY.flag, API_KEY.env, API_KEY_FALLBACK_ENV
+        )))
+        }
+    };
 
     let organization_id = match l.get(&ORGANIZATION_ID) {
         Some(v) if v.is_empty() => None,
@@ -411,36 +438,11 @@ fn build(l: &Layers<'_>) -> Result<AgentConfig, ConfigError> {
         return Err(invalid(&POLL_TIMEOUT, "expected between 100ms and 10m"));
     }
 
-    let raw_channels = l.get_all(&POLL_CHANNEL, split_commas);
-    let explicit_channels = !raw_channels.is_empty();
-    let mut channels: Vec<Channel> = Vec::new();
-    for raw in &raw_channels {
-        let c = Channel::parse(raw)
-            .map_err(|_| invalid(&POLL_CHANNEL, "channel names match ^[a-z0-9_-]{1,64}$"))?;
-        if !channels.contains(&c) {
-            channels.push(c);
-        }
-    }
-    if channels.is_empty() {
-        channels.push(Channel::main());
-    }
-    if channels.len() > 32 {
-        return Err(invalid(&POLL_CHANNEL, "at most 32 channels"));
-    }
-
-    let mcp_server_url = l
-        .get(&MCP_SERVER_URL)
-        .ok_or_else(|| missing(&MCP_SERVER_URL))?;
-    parse_http_url(&mcp_server_url).map_err(|why| invalid(&MCP_SERVER_URL, why))?;
-    let mut mcp_extra_headers = Vec::new();
-    for entry in l.get_all(&MCP_EXTRA_HEADERS, split_header_list) {
-        mcp_extra_headers.push(
-            parse_extra_header(&entry, &lookup).map_err(|why| invalid(&MCP_EXTRA_HEADERS, why))?,
-        );
-    }
-    if mcp_extra_headers.len() > 64 {
-        return Err(invalid(&MCP_EXTRA_HEADERS, "at most 64 headers"));
-    }
+    let Plan {
+        targets,
+        channels,
+        explicit_channels,
+    } = build_plan(l, &lookup)?;
 
     let max_concurrent = parse_count(l, &MCP_MAX_CONCURRENT, 1, 1_000)?;
     let connection_max_ttl = parse_duration(l, &MCP_CONNECTION_MAX_TTL)?;
@@ -479,8 +481,7 @@ fn build(l: &Layers<'_>) -> Result<AgentConfig, ConfigError> {
         poll_timeout,
         channels,
         explicit_channels,
-        mcp_server_url,
-        mcp_extra_headers,
+        targets,
         max_concurrent,
         connection_max_ttl,
         startup_wait_timeout,
@@ -505,6 +506,43 @@ fn parse_path(l: &Layers<'_>, setting: &Setting) -> Result<Option<PathBuf>, Conf
         }
         Some(v) => Ok(Some(PathBuf::from(v))),
     }
+}
+
+/// Channels and their targets (see `targets.rs`).
+fn build_plan(
+    l: &Layers<'_>,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Plan, ConfigError> {
+    let mut poll: Vec<Channel> = Vec::new();
+    for raw in l.get_all(&POLL_CHANNEL, split_commas) {
+        let c = Channel::parse(&raw)
+            .map_err(|_| invalid(&POLL_CHANNEL, "channel names match ^[a-z0-9_-]{1,64}$"))?;
+        if !poll.contains(&c) {
+            poll.push(c);
+        }
+    }
+    if poll.len() > 32 {
+        return Err(invalid(&POLL_CHANNEL, "at most 32 channels"));
+    }
+    let mut extra_headers = Vec::new();
+    for entry in l.get_all(&MCP_EXTRA_HEADERS, split_header_list) {
+        extra_headers.push(
+            parse_extra_header(&entry, lookup).map_err(|why| invalid(&MCP_EXTRA_HEADERS, why))?,
+        );
+    }
+    if extra_headers.len() > 64 {
+        return Err(invalid(&MCP_EXTRA_HEADERS, "at most 64 headers"));
+    }
+    // Each flag occurrence is one entry; the variables hold a single entry
+    // (commas belong to the entry's own syntax).
+    let single = |v: &str| vec![v.to_string()];
+    targets::resolve(targets::Raw {
+        urls: l.get_all(&MCP_SERVER_URL, single),
+        commands: l.get_all(&MCP_COMMAND, single),
+        extra_headers,
+        poll,
+        env: lookup,
+    })
 }
 
 fn parse_count(
@@ -837,14 +875,16 @@ mod tests {
         let c = run(&[], &env).unwrap();
         assert!(c.explicit_channels);
         assert_eq!(c.channels.len(), 2);
-        let names: Vec<_> = c
-            .mcp_extra_headers
-            .iter()
-            .map(|h| h.name.as_str())
-            .collect();
+        // The reference client's form: one bare URL serves every polled channel.
+        assert_eq!(c.targets.len(), 1);
+        assert_eq!(c.targets[0].channels, c.channels);
+        let TargetSpec::Http { headers, .. } = &c.targets[0].spec else {
+            panic!("an HTTP target");
+        };
+        let names: Vec<_> = headers.iter().map(|h| h.name.as_str()).collect();
         assert_eq!(names, ["Authorization", "Accept-Language", "X-A"]);
-        assert_eq!(c.mcp_extra_headers[0].value.expose(), "Bearer t0ps3cret");
-        assert_eq!(c.mcp_extra_headers[1].value.expose(), "de, en");
+        assert_eq!(headers[0].value.expose(), "Bearer t0ps3cret");
+        assert_eq!(headers[1].value.expose(), "de, en");
         assert!(!format!("{c:?}").contains("t0ps3cret"));
         let c = run(
             &[
@@ -858,6 +898,147 @@ mod tests {
         assert_eq!(
             c.channels.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
             ["a", "b"]
+        );
+    }
+
+    fn http_headers(t: &ChannelTarget) -> Vec<(String, String)> {
+        match &t.spec {
+            TargetSpec::Http { headers, .. } => headers
+                .iter()
+                .map(|h| (h.name.clone(), h.value.expose().to_string()))
+                .collect(),
+            TargetSpec::Stdio { .. } => panic!("not HTTP"),
+        }
+    }
+
+    #[test]
+    fn channel_targets_http_and_stdio() {
+        let env = env_of(&[
+            ("CONTROL_PLANE_TUNNEL_ID", "tunnel_abc"),
+            ("CONTROL_PLANE_API_KEY", "k"),
+            ("TOK", "s3cr3t-token"),
+        ]);
+        let c = run(
+            &[
+                "--mcp.server-url",
+                "channel=docs,url=https://docs.internal/mcp,header=Authorization:env:TOK,header=Accept-Language: de, en",
+                "--mcp.server-url",
+                "http://127.0.0.1:9/mcp",
+                "--mcp.command",
+                "channel=fs,command=python3 -c 'import a; a.run()' --root \"/srv/my files\" ; x",
+            ],
+            &env,
+        )
+        .unwrap();
+        let names: Vec<&str> = c.channels.iter().map(|c| c.as_str()).collect();
+        assert_eq!(names, ["docs", "main", "fs"]);
+        assert!(c.explicit_channels);
+        assert_eq!(
+            http_headers(&c.targets[0]),
+            [
+                ("Authorization".to_string(), "s3cr3t-token".to_string()),
+                ("Accept-Language".to_string(), "de, en".to_string())
+            ]
+        );
+        assert!(
+            http_headers(&c.targets[1]).is_empty(),
+            "headers stay with their channel"
+        );
+        let TargetSpec::Stdio { argv } = &c.targets[2].spec else {
+            panic!("stdio");
+        };
+        assert_eq!(
+            argv,
+            &[
+                "python3",
+                "-c",
+                "import a; a.run()",
+                "--root",
+                "/srv/my files",
+                ";",
+                "x"
+            ]
+        );
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("s3cr3t") && !dbg.contains("/srv/my"), "{dbg}");
+
+        // Bare command and env forms; poll-channel limits what is served.
+        let env2 = env_of(&[
+            ("CONTROL_PLANE_TUNNEL_ID", "tunnel_abc"),
+            ("CONTROL_PLANE_API_KEY", "k"),
+            ("MCP_COMMAND", "my-server --stdio"),
+            ("MCP_SERVER_URL", "channel=web,url=http://127.0.0.1:9/mcp"),
+        ]);
+        let c = run(&[], &env2).unwrap();
+        assert_eq!(c.targets.len(), 2);
+        let c = run(&["--control-plane.poll-channel", "web"], &env2).unwrap();
+        assert_eq!(c.targets.len(), 1);
+        assert_eq!(c.channels, [Channel::parse("web").unwrap()]);
+        assert!(c.explicit_channels);
+        // A single stdio main channel polls like before: no channel query.
+        let env3 = env_of(&[
+            ("CONTROL_PLANE_TUNNEL_ID", "tunnel_abc"),
+            ("CONTROL_PLANE_API_KEY", "k"),
+            ("MCP_COMMAND", "srv"),
+        ]);
+        let c = run(&[], &env3).unwrap();
+        assert!(!c.explicit_channels);
+        assert_eq!(c.channels, [Channel::main()]);
+    }
+
+    #[test]
+    fn channel_target_errors_name_the_flag() {
+        let env = env_of(&[
+            ("CONTROL_PLANE_TUNNEL_ID", "tunnel_abc"),
+            ("CONTROL_PLANE_API_KEY", "k"),
+        ]);
+        let u = "--mcp.server-url";
+        let m = "--mcp.command";
+        let cases: &[(&[&str], &Setting)] = &[
+            (&[u, "http://a/", u, "http://b/"], &MCP_SERVER_URL),
+            (
+                &[u, "channel=a,url=http://a/", m, "channel=a,command=x"],
+                &MCP_COMMAND,
+            ),
+            (&[u, "http://a/", m, "x"], &MCP_COMMAND),
+            (&[u, "channel=A,url=http://a/"], &MCP_SERVER_URL),
+            (&[u, "channel=a"], &MCP_SERVER_URL),
+            (&[u, "url=http://a/"], &MCP_SERVER_URL),
+            (&[u, "channel=a,url=ftp://a/"], &MCP_SERVER_URL),
+            (&[u, "channel=a,url=http://a/,header=bad"], &MCP_SERVER_URL),
+            (&[u, "channel=a,url=http://a/,channel=b"], &MCP_SERVER_URL),
+            (&[m, "channel=a,command="], &MCP_COMMAND),
+            (&[m, "channel=a,command=x 'open"], &MCP_COMMAND),
+            (&[m, "channel=a"], &MCP_COMMAND),
+            (&[m, "  "], &MCP_COMMAND),
+            (
+                &[u, "channel=a,url=http://a/", "--mcp.extra-headers", "X: 1"],
+                &MCP_EXTRA_HEADERS,
+            ),
+            (
+                &[
+                    u,
+                    "channel=a,url=http://a/",
+                    "--control-plane.poll-channel",
+                    "b",
+                ],
+                &POLL_CHANNEL,
+            ),
+        ];
+        for (a, setting) in cases {
+            let err = run(a, &env)
+                .err()
+                .unwrap_or_else(|| panic!("{a:?} accepted"));
+            assert!(
+                err.0.contains(&format!("--{}", setting.flag)) && err.0.contains(setting.env),
+                "{a:?} → {err}"
+            );
+            assert!(!err.0.contains('\n'), "one line: {err}");
+        }
+        let err = run(&[], &env).unwrap_err();
+        assert!(
+            err.0.contains("--mcp.server-url") && err.0.contains("--mcp.command"),
+            "{err}"
         );
     }
 
@@ -982,6 +1163,33 @@ mod tests {
             .unwrap();
             assert!(err.0.contains(s.flag) && err.0.contains(s.env), "{err}");
         }
+    }
+
+    #[test]
+    fn the_key_may_be_left_out_only_with_a_control_plane_client_certificate() {
+        let no_key = env_of(&[
+            ("CONTROL_PLANE_TUNNEL_ID", "tunnel_abc"),
+            ("MCP_SERVER_URL", "http://127.0.0.1:9/mcp"),
+        ]);
+        let err = run(&[], &no_key).unwrap_err();
+        assert!(
+            err.0.contains("missing required --control-plane.api-key"),
+            "{err}"
+        );
+        // The certificate is checked after the key, so a missing file shows
+        // that the keyless path was taken (and still validates the files).
+        let err = run(
+            &[
+                "--control-plane.client-cert",
+                "/nonexistent/c.pem",
+                "--control-plane.client-key",
+                "/nonexistent/c.key",
+            ],
+            &no_key,
+        )
+        .unwrap_err();
+        assert!(err.0.contains("--control-plane.client-cert"), "{err}");
+        assert!(!err.0.contains("api-key"), "{err}");
     }
 
     #[test]

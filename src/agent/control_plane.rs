@@ -126,6 +126,15 @@ impl std::fmt::Display for PollFailure {
             PollFailure::Network(e) => write!(f, "network error: {e}"),
             PollFailure::Edge(e) => write!(f, "cannot reach the control plane: {e}"),
             PollFailure::Status { status, code: c, .. } => write!(f, "HTTP {status}{}", code(c)),
+            PollFailure::Auth { status, code: c }
+                if c.as_deref() == Some("client_certificate_required") =>
+            {
+                write!(
+                    f,
+                    "HTTP {status}{}: the tunnel admits agents by client certificate; set --control-plane.client-cert and --control-plane.client-key (CONTROL_PLANE_CLIENT_CERT, CONTROL_PLANE_CLIENT_KEY) to a certificate from the relay's client CA",
+                    code(c)
+                )
+            }
             PollFailure::Auth { status, code: c } => write!(
                 f,
                 "HTTP {status}{}: the control plane rejected the API key; check --control-plane.api-key (CONTROL_PLANE_API_KEY) and the key's access to this tunnel",
@@ -212,8 +221,13 @@ impl ControlPlane {
     /// The headers every control-plane request carries.
     pub(crate) fn with_headers<B>(&self, req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
         let key = self.key.current();
-        let mut req = req
-            .header("Authorization", format!("Bearer {}", key.expose()))
+        // No key configured (admitted by client certificate): no Authorization.
+        let mut req = if key.expose().is_empty() {
+            req
+        } else {
+            req.header("Authorization", format!("Bearer {}", key.expose()))
+        };
+        req = req
             .header("X-Tunnel-Client-Name", CLIENT_NAME)
             .header("X-Tunnel-Client-Version", CLIENT_VERSION)
             .header("X-Tunnel-Client-Instance-Id", self.instance_id.as_str())
@@ -432,6 +446,12 @@ mod tests {
                 && auth.contains("invalid_api_key")
                 && auth.contains("CONTROL_PLANE_API_KEY")
         );
+        let cert = PollFailure::Auth {
+            status: 401,
+            code: Some("client_certificate_required".into()),
+        }
+        .to_string();
+        assert!(cert.contains("--control-plane.client-cert"), "{cert}");
         let nf = PollFailure::NotFound { code: None }.to_string();
         assert!(nf.contains("CONTROL_PLANE_TUNNEL_ID"));
     }

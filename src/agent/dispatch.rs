@@ -153,6 +153,7 @@ fn handle_command(
         CommandKind::SessionTermination => {
             let outcome = match ctx.targets.get(&cmd.channel) {
                 Some(Target::Http(t)) => t.terminate_session(&cmd.headers, budget),
+                Some(Target::Stdio(t)) => t.terminate_session(budget),
                 None => unknown_channel(&cmd),
             };
             finish(
@@ -174,7 +175,7 @@ fn handle_command(
 
 fn unknown_channel(cmd: &Command) -> Outcome {
     log::warn!(
-        "command {} is for channel {} which this agent does not serve",
+        "command {}: unsupported_channel: channel {} is not served by this agent",
         cmd.request_id,
         cmd.channel
     );
@@ -218,45 +219,51 @@ fn forward_jsonrpc(
     let mut skipped = 0usize;
     let mut notify_buf = Vec::new();
     std::mem::swap(&mut notify_buf, post);
-    let outcome = match ctx.targets.get(&cmd.channel) {
-        Some(Target::Http(t)) => {
-            let mut on_notify = |msg: &[u8]| -> NotifyVerdict {
-                if notify_failed {
-                    skipped += 1;
-                    return NotifyVerdict::Continue;
+    let target = ctx.targets.get(&cmd.channel);
+    let outcome = if target.is_none() {
+        unknown_channel(cmd)
+    } else {
+        let mut on_notify = |msg: &[u8]| -> NotifyVerdict {
+            if notify_failed {
+                skipped += 1;
+                return NotifyVerdict::Continue;
+            }
+            encode(
+                &ResponsePost {
+                    request_id: &cmd.request_id,
+                    channel: cmd.channel.as_str(),
+                    resp_json: Some(msg),
+                    resp_headers: &[],
+                    resp_code: 200,
+                    resp_type: RespType::JsonrpcNotify,
+                },
+                &mut notify_buf,
+            );
+            match ctx.cp.post_response(
+                &cmd.shard_token,
+                &notify_buf,
+                PostKind::Notify,
+                budget.deadline,
+                &cmd.request_id,
+            ) {
+                PostOutcome::Delivered => NotifyVerdict::Continue,
+                PostOutcome::AlreadyFulfilled | PostOutcome::DeadlineExpired => {
+                    NotifyVerdict::Abort
                 }
-                encode(
-                    &ResponsePost {
-                        request_id: &cmd.request_id,
-                        channel: cmd.channel.as_str(),
-                        resp_json: Some(msg),
-                        resp_headers: &[],
-                        resp_code: 200,
-                        resp_type: RespType::JsonrpcNotify,
-                    },
-                    &mut notify_buf,
-                );
-                match ctx.cp.post_response(
-                    &cmd.shard_token,
-                    &notify_buf,
-                    PostKind::Notify,
-                    budget.deadline,
-                    &cmd.request_id,
-                ) {
-                    PostOutcome::Delivered => NotifyVerdict::Continue,
-                    PostOutcome::AlreadyFulfilled | PostOutcome::DeadlineExpired => {
-                        NotifyVerdict::Abort
-                    }
-                    PostOutcome::Failed => {
-                        // Later notifications would arrive out of order: skip them, keep the final.
-                        notify_failed = true;
-                        NotifyVerdict::Continue
-                    }
+                PostOutcome::Failed => {
+                    // Later notifications would arrive out of order: skip them, keep the final.
+                    notify_failed = true;
+                    NotifyVerdict::Continue
                 }
-            };
-            t.forward(&cmd.headers, body, expect, budget, tb, &mut on_notify)
+            }
+        };
+        match target {
+            Some(Target::Http(t)) => {
+                t.forward(&cmd.headers, body, expect, budget, tb, &mut on_notify)
+            }
+            Some(Target::Stdio(t)) => t.forward(body, expect, budget, tb, &mut on_notify),
+            None => unknown_channel(cmd),
         }
-        None => unknown_channel(cmd),
     };
     std::mem::swap(&mut notify_buf, post);
     if skipped > 0 {

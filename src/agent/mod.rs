@@ -5,10 +5,12 @@
 //! signals, health), one poll thread (the blocking long poll), one probe thread,
 //! and `max-concurrent-requests` workers (MCP calls and response posts).
 
+pub mod argv;
 pub mod client;
 pub mod config;
 pub mod control_plane;
 pub mod dispatch;
+pub mod doctor;
 pub mod drain;
 pub mod edge;
 pub mod health;
@@ -23,6 +25,7 @@ pub mod secret;
 pub mod startup;
 pub mod target;
 pub mod target_http;
+pub mod target_stdio;
 pub mod workers;
 
 use std::ffi::OsString;

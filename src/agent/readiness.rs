@@ -1,12 +1,19 @@
-//! What /readyz reports: has the MCP target answered, and does the control
-//! plane accept our key.
+//! What /readyz reports: has each channel's MCP target answered (or, for
+//! stdio, is its process running), and does the control plane accept our key.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
+use crate::proto::channel::Channel;
+
+const NOT_ANSWERED: &str = "MCP server has not answered a probe yet";
+
 #[derive(Default)]
 pub struct Readiness {
+    /// Used when no channel is registered (a bare embedding or test).
     target_ready: AtomicBool,
+    /// Per target, by the channel it serves: None when ready, else why not.
+    channels: Mutex<Vec<(Channel, Option<String>)>>,
     /// Set while the control plane answers 401/403 (the status and error code).
     auth_failure: Mutex<Option<String>>,
     /// Set while polls fail at the network edge (proxy refusal, TLS verdict).
@@ -24,12 +31,44 @@ impl Readiness {
         Readiness::default()
     }
 
+    /// Registers a target as not ready until it answers.
+    pub fn register(&self, channel: &Channel) {
+        self.set_channel(channel, Some(NOT_ANSWERED.to_string()));
+    }
+
+    /// `None`: the channel's target is ready; `Some(reason)`: it is not.
+    pub fn set_channel(&self, channel: &Channel, not_ready: Option<String>) {
+        let mut chans = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        match chans.iter_mut().find(|(c, _)| c == channel) {
+            Some((_, r)) => *r = not_ready,
+            None => chans.push((channel.clone(), not_ready)),
+        }
+    }
+
+    /// Ready, or back to "has not answered" (HTTP targets after a failed probe).
+    pub fn set_channel_ready(&self, channel: &Channel, ready: bool) {
+        self.set_channel(channel, (!ready).then(|| NOT_ANSWERED.to_string()));
+    }
+
+    pub fn channel_ready(&self, channel: &Channel) -> bool {
+        let chans = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        match chans.iter().find(|(c, _)| c == channel) {
+            Some((_, r)) => r.is_none(),
+            None => self.target_ready.load(Ordering::Relaxed),
+        }
+    }
+
     pub fn set_target_ready(&self, ready: bool) {
         self.target_ready.store(ready, Ordering::Relaxed);
     }
 
+    /// Every registered target is ready (or, with none registered, the flag).
     pub fn target_ready(&self) -> bool {
-        self.target_ready.load(Ordering::Relaxed)
+        let chans = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if chans.is_empty() {
+            return self.target_ready.load(Ordering::Relaxed);
+        }
+        chans.iter().all(|(_, r)| r.is_none())
     }
 
     pub fn set_auth_failure(&self, what: Option<String>) {
@@ -57,13 +96,21 @@ impl Readiness {
         if let Some(p) = lock(&self.control_plane_problem).as_ref() {
             return Some(format!("control plane unreachable: {p}"));
         }
-        if !self.target_ready() {
+        let chans = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if chans.is_empty() {
+            if self.target_ready.load(Ordering::Relaxed) {
+                return None;
+            }
             return Some(match lock(&self.target_problem).as_ref() {
                 Some(p) => format!("MCP server unreachable: {p}"),
-                None => "MCP server has not answered a probe yet".to_string(),
+                None => NOT_ANSWERED.to_string(),
             });
         }
-        None
+        let down: Vec<String> = chans
+            .iter()
+            .filter_map(|(c, r)| r.as_ref().map(|r| format!("channel {c}: {r}")))
+            .collect();
+        (!down.is_empty()).then(|| down.join("; "))
     }
 }
 
@@ -81,6 +128,29 @@ mod tests {
         assert!(r.not_ready_reason().unwrap().contains("401"));
         r.set_auth_failure(None);
         assert_eq!(r.not_ready_reason(), None);
+    }
+
+    #[test]
+    fn per_channel_reasons_name_the_channel() {
+        let r = Readiness::new();
+        let main = Channel::main();
+        let fs = Channel::parse("fs").unwrap();
+        r.register(&main);
+        r.register(&fs);
+        assert!(!r.target_ready());
+        r.set_channel_ready(&main, true);
+        assert!(r.channel_ready(&main));
+        let why = r.not_ready_reason().unwrap();
+        assert!(
+            why.contains("channel fs") && !why.contains("channel main"),
+            "{why}"
+        );
+        r.set_channel(&fs, None);
+        assert!(r.target_ready());
+        assert_eq!(r.not_ready_reason(), None);
+        r.set_channel(&fs, Some("stdio MCP server exited; restarting".into()));
+        let why = r.not_ready_reason().unwrap();
+        assert!(why.contains("channel fs: stdio MCP server exited"), "{why}");
     }
 
     #[test]

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use smol::LocalExecutor;
 
-use super::client::{agents, ClientOptions};
-use super::config::AgentConfig;
+use super::client::{agents_per_target, ClientOptions};
+use super::config::{AgentConfig, TargetSpec};
 use super::control_plane::{ControlPlane, CLIENT_NAME, CLIENT_VERSION};
 use super::dispatch::{Targets, WorkerCtx};
 use super::lane::Lane;
@@ -19,10 +19,12 @@ use super::readiness::Readiness;
 use super::startup::{self, Startup};
 use super::target::Target;
 use super::target_http::HttpTarget;
-use super::workers::Workers;
+use super::target_stdio::{StdioTarget, StopGrace};
+use super::workers::{PoolSpec, Workers};
 use crate::net::listen_addr;
 use crate::ops::pidfile::PidFile;
 use crate::ops::shutdown::Shutdown;
+use crate::proto::channel::Channel;
 use crate::proto::command::Header;
 use crate::proto::retry::Backoff;
 use crate::proto::server_info::{self, ChannelDecl};
@@ -102,7 +104,10 @@ async fn run_async(
         .iter()
         .map(|c| ChannelDecl {
             name: c.clone(),
-            proc_affinity: false,
+            proc_affinity: cfg
+                .targets
+                .iter()
+                .any(|t| t.channels.contains(c) && matches!(t.spec, TargetSpec::Stdio { .. })),
         })
         .collect();
     let server_info = match server_info::encode(&decls) {
@@ -113,7 +118,12 @@ async fn run_async(
         }
     };
     let user_agent = format!("{CLIENT_NAME}/{CLIENT_VERSION}");
-    let (cp_agent, mcp_agent) = agents(
+    let http_count = cfg
+        .targets
+        .iter()
+        .filter(|t| matches!(t.spec, TargetSpec::Http { .. }))
+        .count();
+    let (cp_agent, mcp_agents) = agents_per_target(
         &ClientOptions {
             user_agent: user_agent.clone(),
             max_idle: 4,
@@ -125,6 +135,7 @@ async fn run_async(
             max_idle_age: cfg.connection_max_ttl,
         },
         super::edge::clients(&cfg.edge, &cfg.base_url),
+        http_count,
     );
     let cp = Arc::new(
         ControlPlane::new(&cfg, cp_agent, random::instance_id(), server_info)
@@ -149,35 +160,24 @@ async fn run_async(
         })
         .detach();
     }
-    let static_headers: Vec<Header> = cfg
-        .mcp_extra_headers
-        .iter()
-        .map(|h| Header {
-            name: h.name.clone(),
-            value: h.value.expose().to_string(),
-        })
-        .collect();
-    let http_target = Arc::new(Target::Http(HttpTarget::new(
-        mcp_agent,
-        cfg.mcp_server_url.clone(),
-        static_headers,
-        readiness.clone(),
-    )));
-    let targets = Arc::new(Targets::new(
-        cfg.channels
-            .iter()
-            .map(|c| (c.clone(), http_target.clone()))
-            .collect(),
-    ));
     log::info!(
-        "mcp-tunnel agent {CLIENT_VERSION} starting: control plane {}, tunnel {}, MCP server {}, channels [{}], max-inflight {}, workers {}",
+        "mcp-tunnel agent {CLIENT_VERSION} starting: control plane {}, tunnel {}, channels [{}], max-inflight {}, HTTP workers {}",
         redacted_url(&cfg.base_url),
         cfg.tunnel_id,
-        redacted_url(&cfg.mcp_server_url),
         cfg.channels.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(","),
         cfg.max_inflight,
         cfg.max_concurrent
     );
+    let built = match build_targets(&cfg, mcp_agents, &readiness, &metrics) {
+        Ok(b) => b,
+        Err(e) => {
+            log::error!("{e}");
+            return EXIT_FAILURE;
+        }
+    };
+    // Every return from here on stops the stdio children (and reaps them).
+    let _stop = StopTargets(built.all.clone());
+    let targets = Arc::new(Targets::new(built.by_channel));
 
     let lane = match Lane::start("cp-poll") {
         Ok(l) => l,
@@ -193,7 +193,7 @@ async fn run_async(
         Startup::Failed => return EXIT_FAILURE,
     }
     if !cfg.startup_wait_timeout.is_zero() {
-        match startup::wait_for_target(&http_target, &lane, cfg.startup_wait_timeout, &shutdown)
+        match startup::wait_for_targets(&built.all, &lane, cfg.startup_wait_timeout, &shutdown)
             .await
         {
             Startup::Continue => {}
@@ -213,12 +213,7 @@ async fn run_async(
         None => None,
     };
     if cfg.health_listen.is_some() {
-        startup::spawn_readiness_probe(
-            &ex,
-            http_target.clone(),
-            readiness.clone(),
-            shutdown.clone(),
-        );
+        startup::spawn_readiness_probe(&ex, built.all.clone(), readiness.clone(), shutdown.clone());
     }
 
     let ctx = Arc::new(WorkerCtx {
@@ -227,7 +222,7 @@ async fn run_async(
         max_request_duration: cfg.max_request_duration,
         metrics,
     });
-    let workers = match Workers::start(cfg.max_concurrent, cfg.max_inflight, ctx) {
+    let workers = match Workers::start(built.pools, cfg.max_inflight, ctx) {
         Ok(w) => w,
         Err(e) => {
             log::error!("cannot start worker threads: {e}");
@@ -262,6 +257,121 @@ async fn run_async(
                 log::info!("drained; bye");
             }
             EXIT_OK
+        }
+    }
+}
+
+/// The targets, the channel → target map and the worker pools they need.
+struct Built {
+    all: Vec<Arc<Target>>,
+    by_channel: Vec<(Channel, Arc<Target>)>,
+    pools: Vec<PoolSpec>,
+}
+
+fn build_targets(
+    cfg: &AgentConfig,
+    mcp_agents: Vec<ureq::Agent>,
+    readiness: &Arc<Readiness>,
+    metrics: &Arc<AgentMetrics>,
+) -> Result<Built, String> {
+    let mut agents = mcp_agents.into_iter();
+    let mut built = Built {
+        all: Vec::new(),
+        by_channel: Vec::new(),
+        pools: Vec::new(),
+    };
+    let mut http_channels: Vec<Channel> = Vec::new();
+    for t in &cfg.targets {
+        let Some(first) = t.channels.first().cloned() else {
+            continue;
+        };
+        let target = match &t.spec {
+            TargetSpec::Http { url, headers } => {
+                let agent = agents
+                    .next()
+                    .ok_or_else(|| "internal: no HTTP client for a channel".to_string())?;
+                // Only this channel's headers: a credential configured for
+                // one origin is never sent to another.
+                let static_headers: Vec<Header> = headers
+                    .iter()
+                    .map(|h| Header {
+                        name: h.name.clone(),
+                        value: h.value.expose().to_string(),
+                    })
+                    .collect();
+                log::info!(
+                    "channel {}: Streamable HTTP MCP server {}",
+                    t.channels
+                        .iter()
+                        .map(|c| c.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    redacted_url(url)
+                );
+                http_channels.extend(t.channels.iter().cloned());
+                Target::Http(HttpTarget::new(
+                    agent,
+                    url.clone(),
+                    static_headers,
+                    readiness.clone(),
+                    first.clone(),
+                ))
+            }
+            TargetSpec::Stdio { argv } => {
+                // Arguments may hold credentials: only the program is logged.
+                log::info!(
+                    "channel {first}: stdio MCP server {:?} ({} argument(s))",
+                    argv.first().map(String::as_str).unwrap_or(""),
+                    argv.len().saturating_sub(1)
+                );
+                built.pools.push(PoolSpec {
+                    name: format!("mcp-stdio-{first}"),
+                    threads: 1,
+                    channels: t.channels.clone(),
+                });
+                let st = StdioTarget::start(
+                    first.clone(),
+                    argv.clone(),
+                    readiness.clone(),
+                    StopGrace::default(),
+                    metrics.clone(),
+                )
+                .map_err(|e| format!("cannot start the supervisor for channel {first}: {e}"))?;
+                Target::Stdio(st)
+            }
+        };
+        let target = Arc::new(target);
+        for c in &t.channels {
+            built.by_channel.push((c.clone(), target.clone()));
+        }
+        built.all.push(target);
+    }
+    if !http_channels.is_empty() {
+        built.pools.push(PoolSpec {
+            name: "mcp-worker".to_string(),
+            threads: cfg.max_concurrent,
+            channels: http_channels,
+        });
+    }
+    // Commands for channels nobody serves get their error from here.
+    built.pools.push(PoolSpec {
+        name: "mcp-unrouted".to_string(),
+        threads: 1,
+        channels: Vec::new(),
+    });
+    Ok(built)
+}
+
+/// Stops every target when the runtime returns, whichever way it does.
+struct StopTargets(Vec<Arc<Target>>);
+
+impl Drop for StopTargets {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.request_stop();
+        }
+        for t in &self.0 {
+            t.stop();
         }
     }
 }

@@ -44,15 +44,19 @@ pub async fn check_tunnel(cp: &Arc<ControlPlane>, lane: &Lane, shutdown: &Shutdo
     }
 }
 
-/// `--mcp.startup-wait-timeout`: probe until the target answers or time is up.
-pub async fn wait_for_target(
-    target: &Arc<Target>,
+/// `--mcp.startup-wait-timeout`: probe until every target answers or time is up.
+pub async fn wait_for_targets(
+    targets: &[Arc<Target>],
     lane: &Lane,
     wait: Duration,
     shutdown: &Shutdown,
 ) -> Startup {
     let until = Instant::now() + wait;
+    let mut pending: Vec<Arc<Target>> = targets.to_vec();
     loop {
+        let Some(target) = pending.first() else {
+            return Startup::Continue;
+        };
         let t = target.clone();
         let timeout = until
             .saturating_duration_since(Instant::now())
@@ -61,8 +65,9 @@ pub async fn wait_for_target(
         match race_stop(shutdown, rx.recv()).await {
             None => return Startup::Stopped,
             Some(Ok(Ok(status))) => {
-                log::info!("MCP server answered the startup probe (HTTP {status})");
-                return Startup::Continue;
+                log::info!("MCP server answered the startup probe (status {status})");
+                pending.remove(0);
+                continue;
             }
             Some(Ok(Err(why))) => {
                 if Instant::now() >= until {
@@ -88,7 +93,7 @@ pub async fn wait_for_target(
 /// its own (the poll thread is busy with long polls).
 pub fn spawn_readiness_probe(
     ex: &Rc<LocalExecutor<'static>>,
-    target: Arc<Target>,
+    targets: Vec<Arc<Target>>,
     readiness: Arc<Readiness>,
     shutdown: Shutdown,
 ) {
@@ -102,10 +107,13 @@ pub fn spawn_readiness_probe(
     ex.spawn(async move {
         loop {
             if !readiness.target_ready() {
-                let t = target.clone();
-                let rx = lane.run(move || t.probe(PROBE_TIMEOUT));
-                if race_stop(&shutdown, rx.recv()).await.is_none() {
-                    return;
+                // Stdio targets report their own state; probing them is a cheap check.
+                for t in &targets {
+                    let t = t.clone();
+                    let rx = lane.run(move || t.probe(PROBE_TIMEOUT));
+                    if race_stop(&shutdown, rx.recv()).await.is_none() {
+                        return;
+                    }
                 }
             }
             let nap = async_io::Timer::after(READINESS_PROBE_INTERVAL);

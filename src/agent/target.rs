@@ -1,9 +1,10 @@
 //! What a channel's MCP target is, and what forwarding one command produced.
-//! HTTP targets today; stdio and built-in targets plug in as more variants.
+//! Streamable HTTP and stdio targets.
 
 use std::time::{Duration, Instant};
 
 use super::target_http::HttpTarget;
+use super::target_stdio::StdioTarget;
 use crate::proto::failure::TunnelFailure;
 use crate::proto::sse::SseParser;
 use crate::proto::timeout::Deadline;
@@ -14,13 +15,35 @@ const READ_CHUNK: usize = 16 * 1024;
 
 pub enum Target {
     Http(HttpTarget),
+    Stdio(StdioTarget),
 }
 
 impl Target {
-    /// Readiness probe: Ok(status) when the target answered like a live server.
+    /// Readiness probe: Ok(status) when the target answered like a live
+    /// server (stdio: its process runs).
     pub fn probe(&self, timeout: Duration) -> Result<u16, String> {
         match self {
             Target::Http(t) => t.probe(timeout),
+            Target::Stdio(t) => t.probe(),
+        }
+    }
+
+    /// Process-local targets ask the relay to keep their work on this agent.
+    pub fn proc_affinity(&self) -> bool {
+        matches!(self, Target::Stdio(_))
+    }
+
+    /// Begins stopping what the target runs, without waiting.
+    pub fn request_stop(&self) {
+        if let Target::Stdio(t) = self {
+            t.request_stop();
+        }
+    }
+
+    /// Stops what the target runs (stdio: the child process). Idempotent.
+    pub fn stop(&self) {
+        if let Target::Stdio(t) = self {
+            t.stop();
         }
     }
 }

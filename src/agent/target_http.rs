@@ -8,6 +8,7 @@ use super::readiness::Readiness;
 use super::target::{
     Budget, Expect, NotifyVerdict, Outcome, RespHeaders, TargetBuffers, MAX_RESPONSE_BYTES,
 };
+use crate::proto::channel::Channel;
 use crate::proto::command::Header;
 use crate::proto::failure::{FailureSource as S, TransportErrorKind as K, TunnelFailure};
 use crate::proto::headers::{forward_headers, response_allowlist, HeaderLimits};
@@ -22,6 +23,8 @@ pub struct HttpTarget {
     url: String,
     static_headers: Vec<Header>,
     readiness: Arc<Readiness>,
+    /// The channel whose readiness this target reports.
+    channel: Channel,
 }
 
 fn fail(source: S, kind: K) -> TunnelFailure {
@@ -52,13 +55,20 @@ impl HttpTarget {
         url: String,
         static_headers: Vec<Header>,
         readiness: Arc<Readiness>,
+        channel: Channel,
     ) -> HttpTarget {
+        readiness.register(&channel);
         HttpTarget {
             agent,
             url,
             static_headers,
             readiness,
+            channel,
         }
+    }
+
+    fn set_ready(&self, ready: bool) {
+        self.readiness.set_channel_ready(&self.channel, ready);
     }
 
     fn request<B>(
@@ -117,7 +127,7 @@ impl HttpTarget {
             Ok(r) => r,
             Err(e) => return self.error_outcome(&e, Phase::Request, budget),
         };
-        self.readiness.set_target_ready(true);
+        self.set_ready(true);
         let status = resp.status().as_u16();
         let headers = allowlisted(&resp);
         let content_type = content_type(&resp);
@@ -266,7 +276,7 @@ impl HttpTarget {
         let req = self.request(self.agent.delete(&self.url), &headers, timeout);
         match req.call() {
             Ok(mut resp) => {
-                self.readiness.set_target_ready(true);
+                self.set_ready(true);
                 let status = resp.status().as_u16();
                 let headers = allowlisted(&resp);
                 super::client::drain(&mut resp);
@@ -294,8 +304,7 @@ impl HttpTarget {
                 let status = resp.status().as_u16();
                 super::client::drain(&mut resp);
                 let ready = status != 404 && status < 500;
-                self.readiness.set_target_ready(ready);
-                self.readiness.set_target_problem(None);
+                self.set_ready(ready);
                 if ready {
                     Ok(status)
                 } else {
@@ -303,13 +312,14 @@ impl HttpTarget {
                 }
             }
             Err(e) => {
-                self.readiness.set_target_ready(false);
                 let why = match super::edge::failure(&e) {
                     Some(f) => f.reason,
                     None => failure_of(&e, Phase::Request).source.as_str().to_string(),
                 };
-                self.readiness.set_target_problem(Some(why.clone()));
-                Err(format!("MCP server unreachable: {why}"))
+                let reason = format!("MCP server unreachable: {why}");
+                self.readiness
+                    .set_channel(&self.channel, Some(reason.clone()));
+                Err(reason)
             }
         }
     }
@@ -320,9 +330,11 @@ impl HttpTarget {
         }
         let f = failure_of(e, phase);
         if matches!(f.source, S::Dns | S::Connect | S::Tls) {
-            self.readiness.set_target_ready(false);
-            self.readiness
-                .set_target_problem(super::edge::failure(e).map(|f| f.reason));
+            let reason = match super::edge::failure(e) {
+                Some(edge) => format!("MCP server unreachable: {}", edge.reason),
+                None => format!("MCP server unreachable: {}", f.source.as_str()),
+            };
+            self.readiness.set_channel(&self.channel, Some(reason));
         }
         // The error text can carry the MCP URL (and a token in its query): not logged.
         Outcome::Failure(f)

@@ -1,5 +1,7 @@
 //! Shared network plumbing with no protocol knowledge.
 
+pub mod cert_names;
+pub mod der;
 pub mod http_server;
 #[cfg(unix)]
 pub mod listen_addr;

@@ -482,6 +482,37 @@ mod tests {
         );
     }
 
+    /// Each of the six allowlisted names passes with its value, multi-valued
+    /// where repeated; a lookalike name does not.
+    #[test]
+    fn response_allowlist_keeps_every_listed_header() {
+        let got = response_allowlist(
+            [
+                ("Content-Type", "text/event-stream"),
+                ("mcp-session-id", "s-1"),
+                ("MCP-Protocol-Version", "2026-07-28"),
+                ("last-event-id", "ev-9"),
+                ("Access-Control-Expose-Headers", "Mcp-Session-Id"),
+                ("WWW-Authenticate", "Bearer realm=\"r\""),
+                ("Last-Event-Id", "ev-10"),
+                ("Mcp-Protocol-Versions", "x"),
+            ]
+            .into_iter(),
+        );
+        let want: Vec<(String, Vec<String>)> = [
+            ("Content-Type", vec!["text/event-stream"]),
+            ("Mcp-Session-Id", vec!["s-1"]),
+            ("Mcp-Protocol-Version", vec!["2026-07-28"]),
+            ("Last-Event-ID", vec!["ev-9", "ev-10"]),
+            ("Access-Control-Expose-Headers", vec!["Mcp-Session-Id"]),
+            ("WWW-Authenticate", vec!["Bearer realm=\"r\""]),
+        ]
+        .into_iter()
+        .map(|(n, v)| (n.to_string(), v.into_iter().map(String::from).collect()))
+        .collect();
+        assert_eq!(got, want);
+    }
+
     #[test]
     fn client_headers_for_commands() {
         let input = [

@@ -9,6 +9,7 @@ pub mod failure;
 pub mod headers;
 pub mod json;
 pub mod jsonrpc;
+pub mod lines;
 pub mod response;
 pub mod retry;
 pub mod server_info;

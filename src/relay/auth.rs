@@ -9,18 +9,35 @@
 //! 4. the tunnel: unknown, **or owned by another org** → 404 `tunnel_not_found` —
 //!    the same status, code and message, so org A cannot probe for org B's tunnels;
 //! 5. the key's tunnel scope within its own org: not listed → 403 `tunnel_use_forbidden`.
+//!
+//! Client certificates (`relay serve --client-ca`): a tunnel's `agent_auth` /
+//! `connector_auth` is `key` (the above, certificates ignored), `key+cert`
+//! (the above, then a certificate whose subject CN or SAN DNS/URI name is
+//! bound to the tunnel for the role: none → 401 `client_certificate_required`,
+//! not bound → 403 `tunnel_use_forbidden`) or `cert` (no key needed; the same
+//! certificate answers, any key sent is ignored). A `cert` tunnel is found by
+//! its id before any credential is checked, so a caller without credentials
+//! learns that such a tunnel exists (401 `client_certificate_required` rather
+//! than `missing_api_key`); tunnel ids are 32 random characters (~165 bits), so this names only
+//! tunnels the caller already knows.
 
 use std::fmt;
 
 use super::keys;
-use super::state::{is_tunnel_id, KeyRecord, Role, State, Tunnel};
+use super::state::{is_tunnel_id, AuthMode, KeyRecord, Role, State, Tunnel};
+use crate::net::cert_names::{first_match, CertName};
 
 /// The authenticated caller, as recorded in the audit log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal {
+    /// The key's id, or `cert:NAME` for a caller admitted by certificate alone.
     pub key_id: String,
     pub org_id: String,
     pub role: Role,
+    /// The bound certificate name that admitted the caller (`cert`, `key+cert`).
+    pub cert_name: Option<String>,
+    /// Admitted without a key (a `cert` tunnel).
+    pub keyless: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,13 +48,17 @@ pub enum AuthError {
     InvalidTunnelId,
     TunnelNotFound,
     OutOfScope,
+    /// The tunnel needs a client certificate and none was presented.
+    CertRequired,
+    /// The presented certificate names no name bound to the tunnel for the role.
+    CertNotBound,
 }
 
 impl AuthError {
     pub fn status(self) -> u16 {
         match self {
-            AuthError::MissingKey | AuthError::InvalidKey => 401,
-            AuthError::WrongRole | AuthError::OutOfScope => 403,
+            AuthError::MissingKey | AuthError::InvalidKey | AuthError::CertRequired => 401,
+            AuthError::WrongRole | AuthError::OutOfScope | AuthError::CertNotBound => 403,
             AuthError::InvalidTunnelId => 400,
             AuthError::TunnelNotFound => 404,
         }
@@ -47,7 +68,10 @@ impl AuthError {
         match self {
             AuthError::MissingKey => "missing_api_key",
             AuthError::InvalidKey => "invalid_api_key",
-            AuthError::WrongRole | AuthError::OutOfScope => "tunnel_use_forbidden",
+            AuthError::WrongRole | AuthError::OutOfScope | AuthError::CertNotBound => {
+                "tunnel_use_forbidden"
+            }
+            AuthError::CertRequired => "client_certificate_required",
             AuthError::InvalidTunnelId => "invalid_tunnel_id_format",
             AuthError::TunnelNotFound => "tunnel_not_found",
         }
@@ -63,6 +87,12 @@ impl AuthError {
             }
             AuthError::TunnelNotFound => "no such tunnel",
             AuthError::OutOfScope => "this key may not use this tunnel",
+            AuthError::CertRequired => {
+                "this tunnel requires a client certificate (TLS with a certificate from the relay's client CA)"
+            }
+            AuthError::CertNotBound => {
+                "this client certificate is not bound to this tunnel for this role"
+            }
         }
     }
 }
@@ -90,8 +120,63 @@ pub fn authenticate<'s>(
     Ok(key)
 }
 
-/// Steps 1–5 for an operation on one tunnel that needs `role`.
+/// Steps 1–5 for an operation on one tunnel that needs `role`, by key only
+/// (as a caller without a client certificate).
 pub fn authorize<'s>(
+    state: &'s State,
+    credential: Option<&str>,
+    tunnel_id: &str,
+    role: Role,
+) -> Result<(Principal, &'s Tunnel), AuthError> {
+    authorize_caller(state, credential, None, tunnel_id, role)
+}
+
+/// The full check: the key and, where the tunnel asks for one, the client
+/// certificate's names (`None`: no certificate was presented).
+pub fn authorize_caller<'s>(
+    state: &'s State,
+    credential: Option<&str>,
+    cert: Option<&[CertName]>,
+    tunnel_id: &str,
+    role: Role,
+) -> Result<(Principal, &'s Tunnel), AuthError> {
+    let tunnel = is_tunnel_id(tunnel_id)
+        .then(|| state.tunnel(tunnel_id))
+        .flatten();
+    let mode = tunnel.map_or(AuthMode::Key, |t| t.auth_mode(role));
+    match (mode, tunnel) {
+        (AuthMode::Cert, Some(t)) => {
+            let name = bound_name(t, role, cert)?;
+            Ok((
+                Principal {
+                    key_id: format!("cert:{name}"),
+                    org_id: t.org_id.clone(),
+                    role,
+                    cert_name: Some(name),
+                    keyless: true,
+                },
+                t,
+            ))
+        }
+        _ => {
+            let (mut p, t) = authorize_key(state, credential, tunnel_id, role)?;
+            if t.auth_mode(role) == AuthMode::KeyAndCert {
+                p.cert_name = Some(bound_name(t, role, cert)?);
+            }
+            Ok((p, t))
+        }
+    }
+}
+
+/// The first name bound to `t` for `role` that the certificate carries.
+fn bound_name(t: &Tunnel, role: Role, cert: Option<&[CertName]>) -> Result<String, AuthError> {
+    let names = cert.ok_or(AuthError::CertRequired)?;
+    first_match(names, t.cert_names(role))
+        .map(str::to_string)
+        .ok_or(AuthError::CertNotBound)
+}
+
+fn authorize_key<'s>(
     state: &'s State,
     credential: Option<&str>,
     tunnel_id: &str,
@@ -117,6 +202,8 @@ pub fn authorize<'s>(
             key_id: key.id.clone(),
             org_id: key.org_id.clone(),
             role: key_role,
+            cert_name: None,
+            keyless: false,
         },
         tunnel,
     ))
@@ -159,6 +246,7 @@ mod tests {
                 name: String::new(),
                 description: String::new(),
                 created_at: String::new(),
+                ..Default::default()
             });
         }
         let mut add = |org: &str, role: &str, tunnels: Vec<String>, revoked: bool| {
@@ -245,6 +333,110 @@ mod tests {
             let got = check(&w, key, tunnel, role).map(|_| ());
             assert_eq!(got, want, "case {i}");
         }
+    }
+
+    fn names(list: &[&str]) -> Vec<CertName> {
+        use crate::net::cert_names::NameKind;
+        list.iter()
+            .map(|n| CertName {
+                kind: NameKind::CommonName,
+                value: n.to_string(),
+            })
+            .collect()
+    }
+
+    fn with_modes(w: &mut World, agent: AuthMode, connector: AuthMode) {
+        let t = w.state.tunnels.iter_mut().find(|t| t.id == w.t_a).unwrap();
+        t.set_auth_mode(Role::Runtime, agent);
+        t.set_auth_mode(Role::Connector, connector);
+        t.cert_names_mut(Role::Runtime)
+            .unwrap()
+            .push("agent-1".into());
+        t.cert_names_mut(Role::Connector)
+            .unwrap()
+            .push("client-1".into());
+        w.state.validate().unwrap();
+    }
+
+    #[test]
+    fn cert_mode_admits_a_bound_certificate_without_a_key() {
+        let mut w = world();
+        with_modes(&mut w, AuthMode::Cert, AuthMode::Cert);
+        let agent = names(&["agent-1"]);
+        let client = names(&["client-1"]);
+        let other = names(&["intruder"]);
+        let run = |key: Option<&str>, cert: Option<&[CertName]>, t: &str, role| {
+            authorize_caller(&w.state, key, cert, t, role).map(|(p, _)| p)
+        };
+        let p = run(None, Some(&agent), &w.t_a, Role::Runtime).unwrap();
+        assert_eq!(p.key_id, "cert:agent-1");
+        assert_eq!(p.org_id, "org_a");
+        assert!(p.keyless);
+        assert_eq!(p.cert_name.as_deref(), Some("agent-1"));
+        // Any key sent along is ignored, valid or not.
+        assert!(run(Some("mtk_bogus"), Some(&agent), &w.t_a, Role::Runtime).is_ok());
+        assert!(run(None, Some(&client), &w.t_a, Role::Connector).is_ok());
+        use AuthError::*;
+        for (key, cert, role, want) in [
+            (None, None, Role::Runtime, CertRequired),
+            (
+                Some(w.runtime_a.as_str()),
+                None,
+                Role::Runtime,
+                CertRequired,
+            ),
+            (None, Some(&other[..]), Role::Runtime, CertNotBound),
+            // A name bound for the other role does not cross over.
+            (None, Some(&client[..]), Role::Runtime, CertNotBound),
+            (None, Some(&agent[..]), Role::Connector, CertNotBound),
+        ] {
+            assert_eq!(run(key, cert, &w.t_a, role), Err(want));
+        }
+        assert_eq!(CertRequired.status(), 401);
+        assert_eq!(CertRequired.code(), "client_certificate_required");
+        assert_eq!(
+            (CertNotBound.status(), CertNotBound.code()),
+            (403, "tunnel_use_forbidden")
+        );
+        // Other tunnels keep asking for keys; a certificate there is ignored.
+        assert_eq!(
+            run(None, Some(&agent), &w.t_a2, Role::Runtime),
+            Err(MissingKey)
+        );
+        assert!(run(Some(&w.runtime_a), Some(&other), &w.t_a2, Role::Runtime).is_ok());
+    }
+
+    #[test]
+    fn key_and_cert_mode_needs_both() {
+        let mut w = world();
+        with_modes(&mut w, AuthMode::KeyAndCert, AuthMode::KeyAndCert);
+        let agent = names(&["agent-1"]);
+        let other = names(&["intruder"]);
+        let run = |key: Option<&str>, cert: Option<&[CertName]>, t: &str, role| {
+            authorize_caller(&w.state, key, cert, t, role).map(|(p, _)| p)
+        };
+        let p = run(Some(&w.runtime_a), Some(&agent), &w.t_a, Role::Runtime).unwrap();
+        assert!(!p.keyless);
+        assert_eq!(p.cert_name.as_deref(), Some("agent-1"));
+        assert!(p.key_id.starts_with("key_"));
+        use AuthError::*;
+        assert_eq!(
+            run(None, Some(&agent), &w.t_a, Role::Runtime),
+            Err(MissingKey)
+        );
+        assert_eq!(
+            run(Some(&w.runtime_a), None, &w.t_a, Role::Runtime),
+            Err(CertRequired)
+        );
+        assert_eq!(
+            run(Some(&w.runtime_a), Some(&other), &w.t_a, Role::Runtime),
+            Err(CertNotBound)
+        );
+        // Key checks come first: another org's key still sees 404.
+        assert_eq!(
+            run(Some(&w.connector_b), Some(&agent), &w.t_a, Role::Connector),
+            Err(TunnelNotFound)
+        );
     }
 
     #[test]

@@ -14,7 +14,10 @@ use lexopt::prelude::*;
 use miniserde::{json, Serialize};
 
 use super::keys;
-use super::state::{is_tunnel_id, KeyRecord, Org, Role, State, StateDir, StateError, Tunnel};
+use super::state::{
+    is_tunnel_id, valid_cert_name, AuthMode, KeyRecord, Org, Role, State, StateDir, StateError,
+    Tunnel, MAX_CERT_NAMES, MAX_CERT_NAME_LEN,
+};
 use super::timestamp::rfc3339;
 use crate::net::listen_addr::ListenAddr;
 use crate::ops::log::{parse_level, LogFormat};
@@ -28,7 +31,8 @@ usage: mcp-tunnel relay <command> [options]
 commands:
   init     --state DIR                 create a state with one org, tunnel, runtime and connector key
   serve    --state DIR --listen ADDR   run the control plane and the MCP endpoint
-  tunnel   create|list|delete          manage tunnels
+  tunnel   create|list|delete|set      manage tunnels
+           bind-cert|unbind-cert|certs bind client-certificate names to a tunnel
   key      create|list|revoke          manage API keys
   org      create|list                 manage organisations
 
@@ -44,13 +48,29 @@ and one connector key (for AI clients), and prints them once as one JSON line:
 Keys are stored only as hashes: save them now. Refuses an existing state (exit 2).";
 
 const TUNNEL_USAGE: &str = "\
-usage: mcp-tunnel relay tunnel create --state DIR [--name NAME] [--description TEXT] [--org ORG_ID]
-       mcp-tunnel relay tunnel list   --state DIR
-       mcp-tunnel relay tunnel delete --state DIR TUNNEL_ID
+usage: mcp-tunnel relay tunnel create      --state DIR [--name NAME] [--description TEXT] [--org ORG_ID]
+       mcp-tunnel relay tunnel list        --state DIR
+       mcp-tunnel relay tunnel delete      --state DIR TUNNEL_ID
+       mcp-tunnel relay tunnel set         --state DIR TUNNEL_ID [--agent-auth MODE] [--connector-auth MODE]
+       mcp-tunnel relay tunnel bind-cert   --state DIR TUNNEL_ID --name NAME [--role runtime|connector]
+       mcp-tunnel relay tunnel unbind-cert --state DIR TUNNEL_ID --name NAME [--role runtime|connector]
+       mcp-tunnel relay tunnel certs       --state DIR [TUNNEL_ID]
 
-create prints {\"tunnel_id\":…}; list prints one JSON object per line.
+create prints {\"tunnel_id\":…}; list and certs print one JSON object per line.
 --org may be left out when the state has exactly one org.
-Keys scoped to all tunnels of the org may use new tunnels at once.";
+Keys scoped to all tunnels of the org may use new tunnels at once.
+
+Client certificates (relay serve --client-ca): MODE is
+  key       an API key of the role (the default)
+  cert      a client certificate bound to the tunnel, no key (the agent may run
+            without --control-plane.api-key)
+  key+cert  both
+--agent-auth applies to agents (poll, response, metadata), --connector-auth to
+/v1/mcp callers. bind-cert binds NAME for --role (default runtime = agents):
+a certificate matches when its subject CN or a SAN URI equals NAME, or a SAN
+DNS name equals it ignoring case. No certificate where one is required: 401
+client_certificate_required; a certificate not bound: 403 tunnel_use_forbidden.
+Changes apply within a second, without a restart.";
 
 const KEY_USAGE: &str = "\
 usage: mcp-tunnel relay key create --state DIR --role runtime|connector|admin [--tunnel TUNNEL_ID]… [--org ORG_ID]
@@ -71,6 +91,10 @@ usage: mcp-tunnel relay serve --state DIR --listen ADDR [options]
   --listen ADDR              address to listen on, e.g. 127.0.0.1:8443 (port 0 = any free port)
   --tls-cert FILE            PEM certificate chain (with --tls-key: serve HTTPS)
   --tls-key FILE             PEM private key
+  --client-ca FILE           PEM CA certificate(s): ask clients for a certificate and verify it
+                             against these (needs --tls-cert); tunnels bound to certificate
+                             names (`relay tunnel bind-cert`) then admit callers by it
+  --require-client-cert      with --client-ca: refuse TLS handshakes without a client certificate
   --insecure-http            allow plain HTTP on a non-loopback address
   --audit-log PATH           append one JSON line per MCP request
   --max-body BYTES           largest client request body (default 4194304)
@@ -99,6 +123,10 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// `--client-ca`: request and verify client certificates against this CA file.
+    pub client_ca: Option<PathBuf>,
+    /// `--require-client-cert`: with `client_ca`, a handshake without one fails.
+    pub require_client_cert: bool,
     pub insecure_http: bool,
     pub audit_log: Option<PathBuf>,
     pub max_body: usize,
@@ -125,6 +153,8 @@ impl ServeConfig {
             listen,
             tls_cert: None,
             tls_key: None,
+            client_ca: None,
+            require_client_cert: false,
             insecure_http: false,
             audit_log: None,
             max_body: 4 * 1024 * 1024,
@@ -333,6 +363,7 @@ fn run_init(
         name: tunnel_name,
         description: String::new(),
         created_at: created.clone(),
+        ..Default::default()
     });
     for (k, role) in [(&runtime, Role::Runtime), (&connector, Role::Connector)] {
         state.keys.push(KeyRecord {
@@ -395,31 +426,89 @@ struct TunnelLine<'a> {
     name: &'a str,
     description: &'a str,
     created_at: &'a str,
+    agent_auth: &'a str,
+    connector_auth: &'a str,
+}
+
+#[derive(Serialize)]
+struct TunnelCertsLine<'a> {
+    tunnel_id: &'a str,
+    agent_auth: &'a str,
+    agent_cert_names: &'a [String],
+    connector_auth: &'a str,
+    connector_cert_names: &'a [String],
+}
+
+fn auth_mode_value(p: &mut lexopt::Parser, flag: &str) -> Result<AuthMode, Usage> {
+    let v = string_value(p, flag)?;
+    AuthMode::parse(&v).ok_or_else(|| {
+        Usage(format!(
+            "--{flag}: expected key, cert or key+cert, got {v:?}"
+        ))
+    })
 }
 
 fn tunnel(p: &mut lexopt::Parser, out: &mut dyn Write) -> Run {
-    let action = match p.next()? {
-        Some(Value(v)) => v.to_string_lossy().into_owned(),
-        Some(Long("help") | Short('h')) => return Ok(Ok(Outcome::Help(TUNNEL_USAGE))),
-        Some(other) => return Err(Usage(format!("tunnel: unexpected {}", describe(&other)))),
-        None => {
-            return Err(Usage(
-                "tunnel: missing action (create, list, delete)".into(),
-            ))
-        }
-    };
+    let action =
+        match p.next()? {
+            Some(Value(v)) => v.to_string_lossy().into_owned(),
+            Some(Long("help") | Short('h')) => return Ok(Ok(Outcome::Help(TUNNEL_USAGE))),
+            Some(other) => return Err(Usage(format!("tunnel: unexpected {}", describe(&other)))),
+            None => return Err(Usage(
+                "tunnel: missing action (create, list, delete, set, bind-cert, unbind-cert, certs)"
+                    .into(),
+            )),
+        };
     let (mut state, mut name, mut description, mut org, mut id) = (None, None, None, None, None);
+    let cert_action = matches!(action.as_str(), "bind-cert" | "unbind-cert");
+    let takes_id = matches!(
+        action.as_str(),
+        "delete" | "set" | "bind-cert" | "unbind-cert" | "certs"
+    );
+    let mut role = Role::Runtime;
+    let (mut agent_auth, mut connector_auth) = (None, None);
     while let Some(arg) = p.next()? {
         match arg {
             Long("state") => state = Some(PathBuf::from(p.value()?)),
             Long("name") if action == "create" => name = Some(text_value(p, "name")?),
+            Long("name") if cert_action => {
+                let v = string_value(p, "name")?;
+                if !valid_cert_name(&v) {
+                    return Err(Usage(format!(
+                        "--name: a certificate name is 1 to {MAX_CERT_NAME_LEN} printable characters without spaces"
+                    )));
+                }
+                name = Some(v);
+            }
+            Long("role") if cert_action => {
+                let v = string_value(p, "role")?;
+                role = match v.as_str() {
+                    "runtime" | "agent" => Role::Runtime,
+                    "connector" => Role::Connector,
+                    _ => {
+                        return Err(Usage(format!(
+                            "--role: expected runtime or connector, got {v:?}"
+                        )))
+                    }
+                };
+            }
+            Long("agent-auth") if action == "set" => {
+                agent_auth = Some(auth_mode_value(p, "agent-auth")?)
+            }
+            Long("connector-auth") if action == "set" => {
+                connector_auth = Some(auth_mode_value(p, "connector-auth")?)
+            }
             Long("description") if action == "create" => {
                 description = Some(text_value(p, "description")?)
             }
             Long("org") if action == "create" => org = Some(string_value(p, "org")?),
             Long("help") | Short('h') => return Ok(Ok(Outcome::Help(TUNNEL_USAGE))),
-            Value(v) if action == "delete" && id.is_none() => {
-                id = Some(v.to_string_lossy().into_owned())
+            Value(v) if takes_id && id.is_none() => {
+                let v = v.to_string_lossy().into_owned();
+                if !is_tunnel_id(&v) {
+                    return Err(Usage(format!("tunnel {action}: {v:?} is not a tunnel id")));
+                }
+                id = Some(v)
             }
             other => {
                 return Err(Usage(format!(
@@ -442,15 +531,86 @@ fn tunnel(p: &mut lexopt::Parser, out: &mut dyn Write) -> Run {
                         name: &t.name,
                         description: &t.description,
                         created_at: &t.created_at,
+                        agent_auth: t.auth_mode(Role::Runtime).as_str(),
+                        connector_auth: t.auth_mode(Role::Connector).as_str(),
+                    })
+                })
+                .collect()
+        }),
+        "set" => {
+            let id = id.ok_or_else(|| Usage("tunnel set: missing TUNNEL_ID".into()))?;
+            if agent_auth.is_none() && connector_auth.is_none() {
+                return Err(Usage(
+                    "tunnel set: give --agent-auth and/or --connector-auth".into(),
+                ));
+            }
+            change(&dir, |s| {
+                let t = tunnel_mut(s, &id)?;
+                for (role, mode) in [(Role::Runtime, agent_auth), (Role::Connector, connector_auth)] {
+                    if let Some(mode) = mode {
+                        t.set_auth_mode(role, mode);
+                        if mode.needs_cert() && t.cert_names(role).is_empty() {
+                            eprintln!(
+                                "mcp-tunnel relay: note: no certificate names are bound for {} on {id} yet: every such caller is refused until `relay tunnel bind-cert`",
+                                role.as_str()
+                            );
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .map(|()| Outcome::Done)
+        }
+        "bind-cert" | "unbind-cert" => {
+            let id = id.ok_or_else(|| Usage(format!("tunnel {action}: missing TUNNEL_ID")))?;
+            let name = name.ok_or_else(|| Usage(format!("tunnel {action}: --name NAME is required")))?;
+            let bind = action == "bind-cert";
+            change(&dir, |s| {
+                let t = tunnel_mut(s, &id)?;
+                let names = t
+                    .cert_names_mut(role)
+                    .ok_or_else(|| "admin keys use no tunnel".to_string())?;
+                if bind {
+                    if !names.contains(&name) {
+                        if names.len() >= MAX_CERT_NAMES {
+                            return Err(format!(
+                                "{id} already has {MAX_CERT_NAMES} {} certificate names",
+                                role.as_str()
+                            ));
+                        }
+                        names.push(name.clone());
+                    }
+                } else {
+                    let before = names.len();
+                    names.retain(|n| *n != name);
+                    if names.len() == before {
+                        return Err(format!(
+                            "{name:?} is not bound to {id} for {}",
+                            role.as_str()
+                        ));
+                    }
+                }
+                Ok(())
+            })
+            .map(|()| Outcome::Done)
+        }
+        "certs" => list(out, &dir, |s| {
+            s.tunnels
+                .iter()
+                .filter(|t| id.as_deref().is_none_or(|i| i == t.id))
+                .map(|t| {
+                    json::to_string(&TunnelCertsLine {
+                        tunnel_id: &t.id,
+                        agent_auth: t.auth_mode(Role::Runtime).as_str(),
+                        agent_cert_names: t.cert_names(Role::Runtime),
+                        connector_auth: t.auth_mode(Role::Connector).as_str(),
+                        connector_cert_names: t.cert_names(Role::Connector),
                     })
                 })
                 .collect()
         }),
         "delete" => {
             let id = id.ok_or_else(|| Usage("tunnel delete: missing TUNNEL_ID".into()))?;
-            if !is_tunnel_id(&id) {
-                return Err(Usage(format!("tunnel delete: {id:?} is not a tunnel id")));
-            }
             change(&dir, |s| {
                 let before = s.tunnels.len();
                 s.tunnels.retain(|t| t.id != id);
@@ -466,10 +626,17 @@ fn tunnel(p: &mut lexopt::Parser, out: &mut dyn Write) -> Run {
         }
         other => {
             return Err(Usage(format!(
-                "tunnel: unknown action {other:?} (create, list, delete)"
+                "tunnel: unknown action {other:?} (create, list, delete, set, bind-cert, unbind-cert, certs)"
             )))
         }
     })
+}
+
+fn tunnel_mut<'s>(s: &'s mut State, id: &str) -> Result<&'s mut Tunnel, String> {
+    s.tunnels
+        .iter_mut()
+        .find(|t| t.id == id)
+        .ok_or_else(|| format!("no tunnel {id}"))
 }
 
 fn tunnel_create(
@@ -489,6 +656,7 @@ fn tunnel_create(
             name: name.unwrap_or_default(),
             description: description.unwrap_or_default(),
             created_at: created,
+            ..Default::default()
         });
         Ok(id)
     })?;
@@ -759,6 +927,8 @@ fn serve(p: &mut lexopt::Parser, out: &mut dyn Write) -> Run {
             }
             Long("tls-cert") => cfg.tls_cert = Some(PathBuf::from(p.value()?)),
             Long("tls-key") => cfg.tls_key = Some(PathBuf::from(p.value()?)),
+            Long("client-ca") => cfg.client_ca = Some(PathBuf::from(p.value()?)),
+            Long("require-client-cert") => cfg.require_client_cert = true,
             Long("insecure-http") => cfg.insecure_http = true,
             Long("audit-log") => cfg.audit_log = Some(PathBuf::from(p.value()?)),
             Long("max-body") => cfg.max_body = number_value(p, "max-body")?,
@@ -822,6 +992,14 @@ fn serve(p: &mut lexopt::Parser, out: &mut dyn Write) -> Run {
                 "--metrics-listen {a}: metrics only on loopback or a unix socket; add --insecure-http to expose them"
             )));
         }
+    }
+    if cfg.client_ca.is_some() && cfg.tls_cert.is_none() {
+        return Err(Usage(
+            "--client-ca needs TLS: give --tls-cert and --tls-key".into(),
+        ));
+    }
+    if cfg.require_client_cert && cfg.client_ca.is_none() {
+        return Err(Usage("--require-client-cert needs --client-ca".into()));
     }
     if cfg.response_timeout.is_zero() {
         return Err(Usage("--response-timeout must be above 0".into()));
@@ -1010,6 +1188,105 @@ mod tests {
             1
         );
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn certificate_binding_commands() {
+        let d = tmp();
+        assert_eq!(code(&["init", "--state", &d]), 0);
+        let t = StateDir::new(&d).load().unwrap().tunnels[0].id.clone();
+        let st = ["--state", d.as_str()];
+        let with = |a: &[&str]| -> Vec<String> {
+            let mut v: Vec<String> = a.iter().map(|x| x.to_string()).collect();
+            v.extend(st.iter().map(|x| x.to_string()));
+            v
+        };
+        let run_v = |v: Vec<String>| {
+            let refs: Vec<&str> = v.iter().map(String::as_str).collect();
+            run(&refs)
+        };
+        let ok = |a: &[&str]| run_v(with(a)).0;
+        assert_eq!(ok(&["tunnel", "bind-cert", &t, "--name", "agent-1"]), 0);
+        assert_eq!(
+            ok(&["tunnel", "bind-cert", &t, "--name", "agent-1"]),
+            0,
+            "idempotent"
+        );
+        assert_eq!(
+            ok(&[
+                "tunnel",
+                "bind-cert",
+                &t,
+                "--name",
+                "spiffe://corp/c",
+                "--role",
+                "connector"
+            ]),
+            0
+        );
+        assert_eq!(ok(&["tunnel", "set", &t, "--agent-auth", "cert"]), 0);
+        assert_eq!(
+            ok(&["tunnel", "set", &t, "--connector-auth", "key+cert"]),
+            0
+        );
+        let (c, out) = run_v(with(&["tunnel", "certs", &t]));
+        assert_eq!(c, 0);
+        assert_eq!(out.lines().count(), 1);
+        assert!(out.contains(r#""agent_auth":"cert""#), "{out}");
+        assert!(out.contains(r#""agent_cert_names":["agent-1"]"#), "{out}");
+        assert!(
+            out.contains(r#""connector_cert_names":["spiffe://corp/c"]"#),
+            "{out}"
+        );
+        let (_, list) = run_v(with(&["tunnel", "list"]));
+        assert!(list.contains(r#""connector_auth":"key+cert""#), "{list}");
+        assert_eq!(ok(&["tunnel", "unbind-cert", &t, "--name", "agent-1"]), 0);
+        assert_eq!(ok(&["tunnel", "unbind-cert", &t, "--name", "agent-1"]), 1);
+        assert_eq!(ok(&["tunnel", "set", &t, "--agent-auth", "key"]), 0);
+        let s = StateDir::new(&d).load().unwrap();
+        assert_eq!(s.tunnels[0].agent_auth, None, "key is stored as absent");
+        let unknown = format!("tunnel_{}", "0".repeat(32));
+        assert_eq!(ok(&["tunnel", "bind-cert", &unknown, "--name", "x"]), 1);
+        for bad in [
+            &["tunnel", "bind-cert", &t][..],
+            &["tunnel", "bind-cert", &t, "--name", "a b"],
+            &["tunnel", "bind-cert", &t, "--name", "x", "--role", "admin"],
+            &["tunnel", "bind-cert", "tunnel_x", "--name", "x"],
+            &["tunnel", "set", &t],
+            &["tunnel", "set", &t, "--agent-auth", "password"],
+            &["tunnel", "list", &t],
+        ] {
+            assert_eq!(ok(bad), 2, "{bad:?}");
+        }
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn client_ca_needs_tls() {
+        let l = "127.0.0.1:1";
+        assert_eq!(
+            code(&[
+                "serve",
+                "--state",
+                "/x",
+                "--listen",
+                l,
+                "--client-ca",
+                "/ca.pem"
+            ]),
+            2
+        );
+        assert_eq!(
+            code(&[
+                "serve",
+                "--state",
+                "/x",
+                "--listen",
+                l,
+                "--require-client-cert"
+            ]),
+            2
+        );
     }
 
     #[test]

@@ -130,6 +130,18 @@ fn credential(req: &Request) -> (Option<&str>, bool) {
     }
 }
 
+/// Whether `Authorization` is the relay's and must not travel to the MCP
+/// server. Admitted by certificate alone, the relay did not use it: it
+/// belongs to the MCP server — unless it carries a relay key, which must
+/// never reach the agent's side.
+fn strip_authorization(req: &Request, keyless: bool, auth_is_relay_key: bool) -> bool {
+    if keyless {
+        bearer_of(&req.headers, "authorization").is_some_and(|k| k.starts_with(keys::SECRET_PREFIX))
+    } else {
+        auth_is_relay_key
+    }
+}
+
 fn accepts_sse(req: &Request) -> bool {
     req.headers.get_all("accept").iter().any(|v| {
         v.to_str().is_ok_and(|s| {
@@ -167,10 +179,16 @@ pub async fn handle(
     let channel_name = channel.as_deref().unwrap_or("main");
     let mut ex = Exchange::new(hub.clone(), &req, &tunnel_id, channel_name);
     let (cred, auth_is_relay_key) = credential(&req);
-    let principal = match hub.authorize(cred, &tunnel_id, Role::Connector) {
+    let principal = match hub.authorize(
+        cred,
+        req.client_cert.as_deref(),
+        &tunnel_id,
+        Role::Connector,
+    ) {
         Ok(p) => p,
         Err(e) => return ex.fail(e.status(), e.code(), e.message()),
     };
+    let auth_is_relay_key = strip_authorization(&req, principal.keyless, auth_is_relay_key);
     ex.record.org = principal.org_id.clone();
     ex.record.key_id = principal.key_id.clone();
     let channel = match Channel::parse(channel_name) {
@@ -457,6 +475,25 @@ mod tests {
         assert_eq!(credential(&r), (Some(""), false));
         let r = req(&[("authorization", "Basic abc")]);
         assert_eq!(credential(&r), (None, true));
+    }
+
+    #[test]
+    fn keyless_callers_keep_their_authorization_unless_it_is_a_relay_key() {
+        let oauth = req(&[("authorization", "Bearer oauth-token")]);
+        assert!(!strip_authorization(&oauth, true, true));
+        assert!(
+            strip_authorization(&oauth, false, true),
+            "key tunnels: as before"
+        );
+        let relay_key = req(&[("authorization", "Bearer mtk_0123")]);
+        assert!(strip_authorization(&relay_key, true, true));
+        let basic = req(&[("authorization", "Basic dXNlcjpwYXNz")]);
+        assert!(!strip_authorization(&basic, true, true));
+        let split = req(&[
+            ("x-tunnel-authorization", "Bearer mtk_0123"),
+            ("authorization", "Bearer oauth-token"),
+        ]);
+        assert!(!strip_authorization(&split, false, false));
     }
 
     #[test]

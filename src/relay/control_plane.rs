@@ -61,7 +61,12 @@ struct Metadata<'a> {
 /// `GET /v1/tunnels/{id}`: the agent's startup check.
 pub fn metadata(hub: &Hub, req: &Request, tunnel_id: &str) -> Response {
     let ep = Endpoint::Metadata;
-    if let Err(e) = hub.authorize(credential(req), tunnel_id, Role::Runtime) {
+    if let Err(e) = hub.authorize(
+        credential(req),
+        req.client_cert.as_deref(),
+        tunnel_id,
+        Role::Runtime,
+    ) {
         return error(hub, ep, e.status(), e.code(), e.message());
     }
     let state = hub.state();
@@ -135,14 +140,21 @@ pub fn parse_poll_query(
 }
 
 /// `X-Tunnel-MCP-Server-Info`, when sent, must be a valid declaration.
-fn check_server_info(req: &Request) -> Result<(), String> {
+/// Returns the channels it declares with `proc_affinity`.
+fn check_server_info(req: &Request) -> Result<Vec<String>, String> {
     if req.headers.get("x-tunnel-mcp-server-info").is_none() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let value = header(&req.headers, "x-tunnel-mcp-server-info")
         .ok_or("X-Tunnel-MCP-Server-Info must be one UTF-8 value")?;
     server_info::decode(value)
-        .map(|_| ())
+        .map(|decls| {
+            decls
+                .into_iter()
+                .filter(|d| d.proc_affinity)
+                .map(|d| d.name.as_str().to_string())
+                .collect()
+        })
         .map_err(|e| format!("X-Tunnel-MCP-Server-Info: {e}"))
 }
 
@@ -177,7 +189,12 @@ impl Drop for Polling<'_> {
 /// `GET /v1/tunnels/{id}/poll`.
 pub async fn poll(hub: Rc<Hub>, req: Request, tunnel_id: String) -> Response {
     let ep = Endpoint::Poll;
-    let principal = match hub.authorize(credential(&req), &tunnel_id, Role::Runtime) {
+    let principal = match hub.authorize(
+        credential(&req),
+        req.client_cert.as_deref(),
+        &tunnel_id,
+        Role::Runtime,
+    ) {
         Ok(p) => p,
         Err(e) => return error(&hub, ep, e.status(), e.code(), e.message()),
     };
@@ -186,23 +203,29 @@ pub async fn poll(hub: Rc<Hub>, req: Request, tunnel_id: String) -> Response {
         Err((code, msg)) => return error(&hub, ep, 400, code, &msg),
     };
     // Channels served: the poll's filter, else what the agent declares, else any.
-    if let Err(msg) = check_server_info(&req) {
-        return error(&hub, ep, 400, "invalid_server_info", &msg);
-    }
+    let affinity = match check_server_info(&req) {
+        Ok(a) => a,
+        Err(msg) => return error(&hub, ep, 400, "invalid_server_info", &msg),
+    };
     let filter = (!q.channels.is_empty()).then(|| q.channels.clone());
     let instance = instance_of(&req, &principal.key_id);
     let started = Instant::now();
     let deadline = Deadline::after(started, q.timeout).at();
-    hub.queue(&tunnel_id)
-        .poll_started(&instance, filter.clone(), started);
+    {
+        let mut queue = hub.queue(&tunnel_id);
+        queue.poll_started(&instance, filter.clone(), started);
+        queue.set_affinity(&instance, affinity);
+    }
     let _polling = Polling {
         hub: &hub,
         tunnel: tunnel_id.clone(),
-        instance,
+        instance: instance.clone(),
     };
     loop {
         let now = Instant::now();
-        let batch = hub.queue(&tunnel_id).take(q.limit, filter.as_deref(), now);
+        let batch =
+            hub.queue(&tunnel_id)
+                .take_for(q.limit, filter.as_deref(), Some(&instance), now);
         if !batch.is_empty() {
             Metrics::add(&hub.metrics.commands_delivered, batch.len() as u64);
             let timeouts: Vec<String> = batch
@@ -247,7 +270,12 @@ pub async fn poll(hub: Rc<Hub>, req: Request, tunnel_id: String) -> Response {
         )
         .await;
         // Whatever woke us, the key may have been revoked or the tunnel deleted meanwhile.
-        if let Err(e) = hub.authorize(credential(&req), &tunnel_id, Role::Runtime) {
+        if let Err(e) = hub.authorize(
+            credential(&req),
+            req.client_cert.as_deref(),
+            &tunnel_id,
+            Role::Runtime,
+        ) {
             return error(&hub, ep, e.status(), e.code(), e.message());
         }
     }
@@ -275,7 +303,12 @@ fn post_error(hub: &Hub, e: &PostError) -> Response {
 /// `POST /v1/tunnels/{id}/response`.
 pub async fn respond(hub: Rc<Hub>, req: Request, tunnel_id: String) -> Response {
     let ep = Endpoint::Response;
-    if let Err(e) = hub.authorize(credential(&req), &tunnel_id, Role::Runtime) {
+    if let Err(e) = hub.authorize(
+        credential(&req),
+        req.client_cert.as_deref(),
+        &tunnel_id,
+        Role::Runtime,
+    ) {
         return error(&hub, ep, e.status(), e.code(), e.message());
     }
     let Some(token) = header(&req.headers, "x-tunnel-shard-token").filter(|t| !t.is_empty()) else {

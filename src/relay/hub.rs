@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use http::HeaderMap;
 
+use crate::net::cert_names::cert_names;
 use crate::net::http_server::Response;
 use crate::proto::error_body;
 
@@ -86,15 +87,21 @@ impl Hub {
         *self.state.borrow_mut() = Rc::new(state);
     }
 
-    /// Authorizes `credential` for `role` on `tunnel_id` against the current state.
+    /// Authorizes `credential` and the TLS client certificate (DER of the
+    /// leaf, already verified against `--client-ca`) for `role` on
+    /// `tunnel_id` against the current state.
     pub fn authorize(
         &self,
         credential: Option<&str>,
+        client_cert: Option<&[u8]>,
         tunnel_id: &str,
         role: Role,
     ) -> Result<Principal, AuthError> {
         let state = self.state.borrow();
-        auth::authorize(&state, credential, tunnel_id, role).map(|(p, _)| p)
+        // A verified certificate always parses; one that does not names nothing.
+        let names = client_cert.map(|der| cert_names(der).unwrap_or_default());
+        auth::authorize_caller(&state, credential, names.as_deref(), tunnel_id, role)
+            .map(|(p, _)| p)
     }
 
     /// The queue of a tunnel, created on first use. Callers must not hold it across `.await`.

@@ -6,6 +6,7 @@
 //! | `keys` | random secrets and ids, SHA-256 at rest, constant-time lookup |
 //! | `auth` | which key may do what on which tunnel (and what errors reveal) |
 //! | `queue` | one tunnel's waiting commands, pending answers, agent liveness |
+//! | `affinity` | which agent instance owns a process-local channel's work (`proc_affinity`) |
 //! | `hub` | the shared runtime context (state, queues, settings, audit, counters) |
 //! | `control_plane` | metadata, long-poll, response posts (the agent side) |
 //! | `connector` | `/v1/mcp` Streamable HTTP for AI clients, JSON or SSE answers |
@@ -14,6 +15,7 @@
 //! | `server` | route table, listener (TCP or TLS), state reload, drain |
 //! | `cli` | `mcp-tunnel relay` init, serve, tunnel, key, org |
 
+pub mod affinity;
 pub mod audit;
 pub mod auth;
 pub mod cli;

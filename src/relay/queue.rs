@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use smol::channel::{self, Receiver, Sender};
 
+use super::affinity::{self, Pins};
 use super::keys;
 
 /// How many answer posts (notifications) may wait for a slow client before the
@@ -209,6 +210,8 @@ struct Entry {
     deadline: Instant,
     delivered: bool,
     answers: Sender<Post>,
+    /// Channel + session: where process affinity may pin it (see `affinity`).
+    affinity_key: Option<String>,
 }
 
 struct AgentSeen {
@@ -217,6 +220,8 @@ struct AgentSeen {
     channels: Option<Vec<String>>,
     last: Instant,
     polling: u32,
+    /// Channels it declared with `proc_affinity`.
+    affinity: Vec<String>,
 }
 
 /// What the connector holds while it waits: the answers, and the id to cancel with.
@@ -233,6 +238,8 @@ pub struct TunnelQueue {
     agents: Vec<AgentSeen>,
     /// Long-polls parked until a command arrives.
     wakers: Vec<Sender<()>>,
+    /// Affinity keys → the agent instance that owns them.
+    pins: Pins,
 }
 
 impl TunnelQueue {
@@ -281,6 +288,13 @@ impl TunnelQueue {
         let request_id = keys::random_hex("req_", 12).map_err(|_| EnqueueError::Random)?;
         let shard_token = keys::random_hex("shard_", 16).map_err(|_| EnqueueError::Random)?;
         let (tx, rx) = channel::bounded(POSTS_IN_FLIGHT);
+        let session = cmd
+            .headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("mcp-session-id"))
+            .and_then(|(_, v)| v.first())
+            .map(String::as_str);
+        let affinity_key = affinity::key(&cmd.channel, session);
         self.entries.insert(
             request_id.clone(),
             Entry {
@@ -292,6 +306,7 @@ impl TunnelQueue {
                 deadline: cmd.deadline,
                 delivered: false,
                 answers: tx,
+                affinity_key,
             },
         );
         self.waiting.push_back(request_id.clone());
@@ -312,6 +327,25 @@ impl TunnelQueue {
         channels: Option<&[String]>,
         now: Instant,
     ) -> Vec<Outgoing> {
+        self.take_for(limit, channels, None, now)
+    }
+
+    /// `take` for the poll of agent `instance`, honouring process affinity: a
+    /// command whose key is pinned to another live instance stays waiting for
+    /// it; a command on a channel this instance declared with `proc_affinity`
+    /// pins its key here (or takes it over from an instance that is gone).
+    pub fn take_for(
+        &mut self,
+        limit: usize,
+        channels: Option<&[String]>,
+        instance: Option<&str>,
+        now: Instant,
+    ) -> Vec<Outgoing> {
+        let live = self.config.liveness;
+        let affine: Vec<String> = instance
+            .and_then(|i| self.agents.iter().find(|a| a.instance == i))
+            .map(|a| a.affinity.clone())
+            .unwrap_or_default();
         let mut out = Vec::new();
         let mut keep = VecDeque::with_capacity(self.waiting.len());
         while let Some(id) = self.waiting.pop_front() {
@@ -328,7 +362,26 @@ impl TunnelQueue {
                 continue;
             };
             let wanted = channels.is_none_or(|cs| cs.contains(&e.channel));
-            if out.len() < limit && wanted {
+            let key = e.affinity_key.as_deref();
+            let elsewhere = key
+                .and_then(|k| self.pins.owner(k))
+                .filter(|owner| Some(*owner) != instance)
+                .is_some_and(|owner| {
+                    self.agents
+                        .iter()
+                        .any(|a| a.instance == owner && a.is_live(now, live))
+                });
+            if out.len() < limit && wanted && !elsewhere {
+                if let (Some(k), Some(i)) = (key, instance) {
+                    if affine.contains(&e.channel) {
+                        if matches!(e.payload, Payload::SessionTermination) && !k.ends_with('\n') {
+                            // The session ends here: its key is free again.
+                            self.pins.unpin(k);
+                        } else {
+                            self.pins.pin(k, i);
+                        }
+                    }
+                }
                 e.delivered = true;
                 out.push(Outgoing {
                     request_id: id,
@@ -450,7 +503,16 @@ impl TunnelQueue {
             channels,
             last: now,
             polling: 1,
+            affinity: Vec::new(),
         });
+    }
+
+    /// The channels agent `instance` declares with `proc_affinity` (from its
+    /// `X-Tunnel-MCP-Server-Info`), recorded at each poll.
+    pub fn set_affinity(&mut self, instance: &str, channels: Vec<String>) {
+        if let Some(a) = self.agents.iter_mut().find(|a| a.instance == instance) {
+            a.affinity = channels;
+        }
     }
 
     pub fn poll_ended(&mut self, instance: &str, now: Instant) {
@@ -839,5 +901,116 @@ mod tests {
             q.poll_ended(&format!("a{i}"), t0);
         }
         assert_eq!(q.agents.len(), MAX_AGENTS);
+    }
+
+    fn no_session(channel: &str, id: &str, deadline: Instant) -> NewCommand {
+        NewCommand {
+            headers: vec![],
+            ..req(channel, id, deadline)
+        }
+    }
+
+    fn ids(out: &[Outgoing]) -> Vec<String> {
+        out.iter()
+            .map(|o| String::from_utf8_lossy(o.jsonrpc.as_deref().unwrap()).into_owned())
+            .map(|b| {
+                b.split("\"id\":")
+                    .nth(1)
+                    .unwrap()
+                    .split(',')
+                    .next()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    }
+
+    /// Two agents serve a stdio channel: its work stays on the first one to
+    /// take it while that one lives, then moves to the other.
+    #[test]
+    fn proc_affinity_pins_a_channel_to_one_agent() {
+        let t0 = Instant::now();
+        let d = t0 + Duration::from_secs(600);
+        let mut q = TunnelQueue::new(cfg(8));
+        for a in ["a", "b"] {
+            q.poll_started(a, None, t0);
+            q.set_affinity(a, vec!["fs".into()]);
+        }
+        q.enqueue(no_session("fs", "1", d), t0).unwrap();
+        assert_eq!(ids(&q.take_for(5, None, Some("a"), t0)), ["1"]);
+        q.enqueue(no_session("fs", "2", d), t0).unwrap();
+        q.enqueue(no_session("web", "3", d), t0).unwrap();
+        assert_eq!(
+            ids(&q.take_for(5, None, Some("b"), t0)),
+            ["3"],
+            "b gets the HTTP channel, never a's stdio work"
+        );
+        assert_eq!(ids(&q.take_for(5, None, Some("a"), t0)), ["2"]);
+        // a stops polling; within the liveness window its work still waits for it.
+        q.poll_ended("a", t0);
+        q.enqueue(no_session("fs", "4", d), t0).unwrap();
+        let t1 = t0 + Duration::from_secs(5);
+        assert!(q.take_for(5, None, Some("b"), t1).is_empty());
+        // a is gone: b takes the channel over, and keeps it.
+        let t2 = t0 + Duration::from_secs(11);
+        assert_eq!(ids(&q.take_for(5, None, Some("b"), t2)), ["4"]);
+        q.poll_started("a", None, t2);
+        q.set_affinity("a", vec!["fs".into()]);
+        q.enqueue(no_session("fs", "5", d), t2).unwrap();
+        assert!(q.take_for(5, None, Some("a"), t2).is_empty());
+        assert_eq!(ids(&q.take_for(5, None, Some("b"), t2)), ["5"]);
+    }
+
+    #[test]
+    fn proc_affinity_pins_sessions_separately_and_ends_with_them() {
+        let t0 = Instant::now();
+        let d = t0 + Duration::from_secs(600);
+        let mut q = TunnelQueue::new(cfg(8));
+        for a in ["a", "b"] {
+            q.poll_started(a, None, t0);
+            q.set_affinity(a, vec!["main".into()]);
+        }
+        let with = |sid: &str, id: &str| NewCommand {
+            headers: vec![("mcp-session-id".into(), vec![sid.into()])],
+            ..req("main", id, d)
+        };
+        q.enqueue(with("s1", "1"), t0).unwrap();
+        assert_eq!(ids(&q.take_for(5, None, Some("a"), t0)), ["1"]);
+        q.enqueue(with("s2", "2"), t0).unwrap();
+        assert_eq!(
+            ids(&q.take_for(5, None, Some("b"), t0)),
+            ["2"],
+            "another session is free"
+        );
+        q.enqueue(with("s1", "3"), t0).unwrap();
+        q.enqueue(with("s2", "4"), t0).unwrap();
+        assert_eq!(ids(&q.take_for(5, None, Some("b"), t0)), ["4"]);
+        assert_eq!(ids(&q.take_for(5, None, Some("a"), t0)), ["3"]);
+        // DELETE of s1 goes to a and frees the key.
+        q.enqueue(
+            NewCommand {
+                payload: Payload::SessionTermination,
+                ..with("s1", "0")
+            },
+            t0,
+        )
+        .unwrap();
+        assert!(q.take_for(5, None, Some("b"), t0).is_empty());
+        assert_eq!(q.take_for(5, None, Some("a"), t0).len(), 1);
+        q.enqueue(with("s1", "6"), t0).unwrap();
+        assert_eq!(ids(&q.take_for(5, None, Some("b"), t0)), ["6"]);
+    }
+
+    #[test]
+    fn without_affinity_any_agent_takes_any_command() {
+        let t0 = Instant::now();
+        let d = t0 + Duration::from_secs(600);
+        let mut q = TunnelQueue::new(cfg(8));
+        q.poll_started("a", None, t0);
+        q.poll_started("b", None, t0);
+        q.enqueue(no_session("main", "1", d), t0).unwrap();
+        assert_eq!(ids(&q.take_for(5, None, Some("a"), t0)), ["1"]);
+        q.enqueue(no_session("main", "2", d), t0).unwrap();
+        assert_eq!(ids(&q.take_for(5, None, Some("b"), t0)), ["2"]);
     }
 }

@@ -21,7 +21,7 @@ use super::control_plane;
 use super::hub::{error_response, Hub, Settings};
 use super::metrics::{Endpoint, Metrics};
 use super::queue::QueueConfig;
-use super::state::{StateDir, Watcher};
+use super::state::{Role, State, StateDir, Watcher};
 use crate::net::http_server::{self, Handler, Limits, Request, Response};
 use crate::net::listen_addr::{self, Listener, SocketFile};
 use crate::net::tls_listener::{self, ClientAuth};
@@ -155,14 +155,27 @@ impl Server {
                 .map_err(|e| StartError(format!("--audit-log {}: {e}", p.display())))?,
             None => AuditLog::disabled(),
         };
+        let client_auth = match &cfg.client_ca {
+            None => ClientAuth::Off,
+            Some(ca) if cfg.require_client_cert => ClientAuth::Required(ca.clone()),
+            Some(ca) => ClientAuth::Optional(ca.clone()),
+        };
         let tls = match (&cfg.tls_cert, &cfg.tls_key) {
             (Some(cert), Some(key)) => Some(
-                tls_listener::server_config(cert, key, &ClientAuth::Off)
-                    .map_err(|e| StartError(format!("--tls-cert/--tls-key: {e}")))?,
+                tls_listener::server_config(cert, key, &client_auth)
+                    .map_err(|e| StartError(format!("--tls-cert/--tls-key/--client-ca: {e}")))?,
             ),
+            (None, None) if client_auth != ClientAuth::Off => {
+                return Err(StartError(
+                    "--client-ca needs TLS: give --tls-cert and --tls-key".into(),
+                ))
+            }
             (None, None) => None,
             _ => return Err(StartError("--tls-cert and --tls-key go together".into())),
         };
+        if client_auth == ClientAuth::Off {
+            warn_unreachable_cert_tunnels(&state);
+        }
         if tls.is_none() && !cfg.listen.ip().is_loopback() && !cfg.insecure_http {
             return Err(StartError(format!(
                 "--listen {}: plain HTTP only on loopback; give --tls-cert/--tls-key or --insecure-http",
@@ -310,6 +323,23 @@ impl Server {
             }
         }));
         Ok(())
+    }
+}
+
+/// Without `--client-ca` no certificate ever arrives: say so for tunnels that need one.
+fn warn_unreachable_cert_tunnels(state: &State) {
+    for t in &state.tunnels {
+        for (who, role) in [
+            ("agents", Role::Runtime),
+            ("connector callers", Role::Connector),
+        ] {
+            if t.auth_mode(role).needs_cert() {
+                log::warn!(
+                    "tunnel {} requires client certificates from {who}, but relay serve has no --client-ca: they will be refused (401 client_certificate_required)",
+                    t.id
+                );
+            }
+        }
     }
 }
 

@@ -41,13 +41,139 @@ pub struct Org {
     pub name: String,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+/// A tunnel. The certificate fields are optional so that state files written
+/// before client certificates existed load unchanged (absent = key only).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct Tunnel {
     pub id: String,
     pub org_id: String,
     pub name: String,
     pub description: String,
     pub created_at: String,
+    /// How agents authenticate ([`AuthMode`]); absent = `key`.
+    pub agent_auth: Option<String>,
+    /// Client-certificate names (subject CN, SAN DNS or URI) agents may present.
+    pub agent_cert_names: Option<Vec<String>>,
+    /// How connector callers authenticate; absent = `key`.
+    pub connector_auth: Option<String>,
+    /// Client-certificate names connector callers may present.
+    pub connector_cert_names: Option<Vec<String>>,
+}
+
+/// What a caller of one role must present on a tunnel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthMode {
+    /// An API key of the role (the default).
+    Key,
+    /// A verified client certificate whose name is bound to the tunnel; no key.
+    Cert,
+    /// Both.
+    KeyAndCert,
+}
+
+impl AuthMode {
+    pub fn parse(s: &str) -> Option<AuthMode> {
+        match s {
+            "key" => Some(AuthMode::Key),
+            "cert" => Some(AuthMode::Cert),
+            "key+cert" => Some(AuthMode::KeyAndCert),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::Key => "key",
+            AuthMode::Cert => "cert",
+            AuthMode::KeyAndCert => "key+cert",
+        }
+    }
+
+    pub fn needs_cert(self) -> bool {
+        self != AuthMode::Key
+    }
+}
+
+/// Certificate names bound to one tunnel and role, at most this many.
+pub const MAX_CERT_NAMES: usize = 100;
+/// A bound name's length cap (DNS names are ≤ 253 bytes).
+pub const MAX_CERT_NAME_LEN: usize = 255;
+
+/// A name that can be bound: 1..=255 bytes, printable, no spaces.
+pub fn valid_cert_name(name: &str) -> bool {
+    (1..=MAX_CERT_NAME_LEN).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_graphic())
+}
+
+impl Tunnel {
+    /// The mode for callers of `role` (admins never use tunnels: `Key`).
+    pub fn auth_mode(&self, role: Role) -> AuthMode {
+        let raw = match role {
+            Role::Runtime => &self.agent_auth,
+            Role::Connector => &self.connector_auth,
+            Role::Admin => return AuthMode::Key,
+        };
+        raw.as_deref()
+            .and_then(AuthMode::parse)
+            .unwrap_or(AuthMode::Key)
+    }
+
+    pub fn cert_names(&self, role: Role) -> &[String] {
+        let names = match role {
+            Role::Runtime => &self.agent_cert_names,
+            Role::Connector => &self.connector_cert_names,
+            Role::Admin => return &[],
+        };
+        names.as_deref().unwrap_or(&[])
+    }
+
+    pub fn cert_names_mut(&mut self, role: Role) -> Option<&mut Vec<String>> {
+        match role {
+            Role::Runtime => Some(self.agent_cert_names.get_or_insert_with(Vec::new)),
+            Role::Connector => Some(self.connector_cert_names.get_or_insert_with(Vec::new)),
+            Role::Admin => None,
+        }
+    }
+
+    pub fn set_auth_mode(&mut self, role: Role, mode: AuthMode) {
+        // `key` is stored as absent, so such a state stays readable by older builds.
+        let v = (mode != AuthMode::Key).then(|| mode.as_str().to_string());
+        match role {
+            Role::Runtime => self.agent_auth = v,
+            Role::Connector => self.connector_auth = v,
+            Role::Admin => {}
+        }
+    }
+
+    fn validate_auth(&self) -> Result<(), String> {
+        for (what, mode, names) in [
+            ("agent", &self.agent_auth, &self.agent_cert_names),
+            (
+                "connector",
+                &self.connector_auth,
+                &self.connector_cert_names,
+            ),
+        ] {
+            if let Some(m) = mode {
+                if AuthMode::parse(m).is_none() {
+                    return Err(format!("tunnel {} has unknown {what}_auth {m:?}", self.id));
+                }
+            }
+            let names = names.as_deref().unwrap_or(&[]);
+            if names.len() > MAX_CERT_NAMES {
+                return Err(format!(
+                    "tunnel {} has more than {MAX_CERT_NAMES} {what} certificate names",
+                    self.id
+                ));
+            }
+            if let Some(bad) = names.iter().find(|n| !valid_cert_name(n)) {
+                return Err(format!(
+                    "tunnel {} has an invalid {what} certificate name {bad:?}",
+                    self.id
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -157,6 +283,7 @@ impl State {
             if self.org(&t.org_id).is_none() {
                 return Err(format!("tunnel {} names unknown org {:?}", t.id, t.org_id));
             }
+            t.validate_auth()?;
         }
         let mut hashes = HashSet::new();
         for k in &self.keys {
@@ -529,6 +656,7 @@ mod tests {
             name: "t".into(),
             description: String::new(),
             created_at: "2026-01-01T00:00:00Z".into(),
+            ..Default::default()
         });
         s.keys.push(KeyRecord {
             id: "key_1".into(),
@@ -665,6 +793,64 @@ mod tests {
         assert!(!text.contains("revoked_at"));
         fs::write(sd.file(), text).unwrap();
         assert_eq!(sd.load().unwrap(), sample());
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn state_files_without_certificate_fields_load_as_key_only() {
+        let d = tmpdir("oldschema");
+        let sd = StateDir::new(&d);
+        sd.init(&sample()).unwrap();
+        // Exactly what a build before client certificates wrote.
+        let old = format!(
+            "{{\"version\":1,\"orgs\":[{{\"id\":\"org_a1\",\"name\":\"a\"}}],\"tunnels\":[{{\"id\":\"tunnel_{}\",\"org_id\":\"org_a1\",\"name\":\"t\",\"description\":\"\",\"created_at\":\"2026-01-01T00:00:00Z\"}}],\"keys\":[]}}\n",
+            "a".repeat(32)
+        );
+        fs::write(sd.file(), old).unwrap();
+        let s = sd.load().unwrap();
+        let t = &s.tunnels[0];
+        assert_eq!(t.auth_mode(Role::Runtime), AuthMode::Key);
+        assert_eq!(t.auth_mode(Role::Connector), AuthMode::Key);
+        assert!(t.cert_names(Role::Runtime).is_empty());
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn certificate_settings_round_trip_and_are_validated() {
+        let d = tmpdir("certs");
+        let sd = StateDir::new(&d);
+        sd.init(&sample()).unwrap();
+        sd.update(|s| {
+            let t = &mut s.tunnels[0];
+            t.set_auth_mode(Role::Runtime, AuthMode::Cert);
+            t.set_auth_mode(Role::Connector, AuthMode::KeyAndCert);
+            t.cert_names_mut(Role::Runtime)
+                .unwrap()
+                .push("agent-1".into());
+            Ok(())
+        })
+        .unwrap()
+        .unwrap();
+        let s = sd.load().unwrap();
+        assert_eq!(s.tunnels[0].auth_mode(Role::Runtime), AuthMode::Cert);
+        assert_eq!(
+            s.tunnels[0].auth_mode(Role::Connector),
+            AuthMode::KeyAndCert
+        );
+        assert_eq!(s.tunnels[0].cert_names(Role::Runtime), ["agent-1"]);
+        for bad in [
+            |t: &mut Tunnel| t.agent_auth = Some("password".into()),
+            |t: &mut Tunnel| t.connector_cert_names = Some(vec!["a b".into()]),
+            |t: &mut Tunnel| t.agent_cert_names = Some(vec![String::new()]),
+            |t: &mut Tunnel| t.agent_cert_names = Some(vec!["n".into(); MAX_CERT_NAMES + 1]),
+        ] {
+            let r = sd.update(|s| {
+                bad(&mut s.tunnels[0]);
+                Ok(())
+            });
+            assert!(r.is_err());
+        }
+        assert_eq!(sd.load().unwrap(), s);
         fs::remove_dir_all(&d).unwrap();
     }
 

@@ -361,6 +361,13 @@ pub fn init_log() {
 }
 
 pub fn start_agent(cp: &FakeCp, mcp_url: &str, extra: &[&str]) -> RunningAgent {
+    let mut all = vec!["--mcp.server-url", mcp_url];
+    all.extend_from_slice(extra);
+    start_agent_with(cp, &all)
+}
+
+/// Like `start_agent`, with the MCP targets (`--mcp.server-url` / `--mcp.command`) in `extra`.
+pub fn start_agent_with(cp: &FakeCp, extra: &[&str]) -> RunningAgent {
     init_log();
     let mut args: Vec<OsString> = [
         "--control-plane.base-url",
@@ -369,8 +376,6 @@ pub fn start_agent(cp: &FakeCp, mcp_url: &str, extra: &[&str]) -> RunningAgent {
         "tunnel_test",
         "--control-plane.api-key",
         "sk-test-key",
-        "--mcp.server-url",
-        mcp_url,
         "--control-plane.poll-timeout",
         "1s",
         "--health.listen-addr",

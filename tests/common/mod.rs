@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod pki;
+pub mod procs;
 pub mod server;
 pub mod tinyproxy;
 pub mod tools;

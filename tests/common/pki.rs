@@ -28,6 +28,8 @@ pub struct Pki {
     pub client_untrusted: (PathBuf, PathBuf),
     /// Expired in 2020.
     pub client_expired: (PathBuf, PathBuf),
+    /// CN `client-san`, SAN DNS `agent-7.corp.example` and URI `spiffe://corp/agent-7`.
+    pub client_san: (PathBuf, PathBuf),
 }
 
 static PKI: OnceLock<Option<Pki>> = OnceLock::new();
@@ -103,6 +105,9 @@ const SERVER_EXT: &str =
 const WRONG_HOST_EXT: &str =
     "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n\
                               extendedKeyUsage=serverAuth\nsubjectAltName=DNS:wrong.example\n";
+const CLIENT_SAN_EXT: &str =
+    "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n\
+     extendedKeyUsage=clientAuth\nsubjectAltName=DNS:agent-7.corp.example,URI:spiffe://corp/agent-7\n";
 const CLIENT_EXT: &str =
     "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n\
                           extendedKeyUsage=clientAuth\n";
@@ -268,6 +273,8 @@ fn make(bin: &Path) -> Pki {
     );
     ec_key(bin, d, "client-expired.key");
     issue(bin, d, "client-expired", "ca", CLIENT_EXT, true, 24);
+    ec_key(bin, d, "client-san.key");
+    issue(bin, d, "client-san", "ca", CLIENT_SAN_EXT, false, 25);
 
     let pair = |n: &str| (dir.join(format!("{n}.pem")), dir.join(format!("{n}.key")));
     Pki {
@@ -281,6 +288,7 @@ fn make(bin: &Path) -> Pki {
         client_sec1: pair("client-sec1"),
         client_untrusted: pair("client-untrusted"),
         client_expired: pair("client-expired"),
+        client_san: pair("client-san"),
         dir,
     }
 }

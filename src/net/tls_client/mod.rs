@@ -33,6 +33,8 @@ use rustls::RootCertStore;
 use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig, TlsProvider};
 
 pub use failure::{classify_rustls, tls_failure, TlsFailure};
+
+use crate::net::cert_names::{cert_names, CertName};
 pub use validity::{validity, UtcSeconds, Validity};
 
 /// PEM files bigger than this are refused (the Mozilla bundle is ~250 KiB).
@@ -295,6 +297,8 @@ impl Trust {
 pub struct ClientIdentity {
     cert: ClientCert,
     pub validity: Validity,
+    /// The leaf's subject CN and SAN DNS/URI names (what a relay binds to).
+    pub names: Vec<CertName>,
 }
 
 impl fmt::Debug for ClientIdentity {
@@ -302,6 +306,7 @@ impl fmt::Debug for ClientIdentity {
         f.debug_struct("ClientIdentity")
             .field("chain_len", &self.cert.certs().len())
             .field("validity", &self.validity)
+            .field("names", &self.names)
             .finish_non_exhaustive()
     }
 }
@@ -351,6 +356,7 @@ impl ClientIdentity {
             .first()
             .ok_or_else(|| bad_leaf("empty chain".into()))?;
         let validity = validity(leaf.as_ref()).map_err(|e| bad_leaf(e.to_string()))?;
+        let names = cert_names(leaf.as_ref()).map_err(|e| bad_leaf(e.to_string()))?;
         let now = to_utc(now);
         if now < validity.not_before {
             return Err(TlsError::NotYetValid {
@@ -382,6 +388,7 @@ impl ClientIdentity {
         Ok(ClientIdentity {
             cert: ClientCert::new_with_certs(&certs, key),
             validity,
+            names,
         })
     }
 }

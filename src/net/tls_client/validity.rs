@@ -1,11 +1,10 @@
 //! The validity window (`notBefore`, `notAfter`) of an X.509 certificate,
-//! read with a minimal DER walk (RFC 5280 §4.1: Certificate → tbsCertificate
-//! → [version] serial signature issuer validity), and UTC dates for messages.
-//!
-//! Only what is needed is parsed; every length is checked against the
-//! remaining input, so hostile bytes end in an error, never a panic.
+//! read with the bounded DER walk of `net::der`, and UTC dates for messages.
 
 use std::fmt;
+
+pub use crate::net::der::DerError;
+use crate::net::der::{tlv, Tbs};
 
 /// Seconds since the Unix epoch (UTC); negative before 1970.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -33,32 +32,12 @@ pub struct Validity {
     pub not_after: UtcSeconds,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DerError(pub &'static str);
-
-impl fmt::Display for DerError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "malformed certificate: {}", self.0)
-    }
-}
-
-const SEQUENCE: u8 = 0x30;
-const INTEGER: u8 = 0x02;
-const VERSION: u8 = 0xa0;
 const UTC_TIME: u8 = 0x17;
 const GENERALIZED_TIME: u8 = 0x18;
 
 pub fn validity(cert_der: &[u8]) -> Result<Validity, DerError> {
-    let (cert, _) = expect(cert_der, SEQUENCE, "certificate")?;
-    let (mut tbs, _) = expect(cert, SEQUENCE, "tbsCertificate")?;
-    if tbs.first() == Some(&VERSION) {
-        tbs = tlv(tbs)?.2;
-    }
-    let (_, tbs) = expect(tbs, INTEGER, "serial number")?;
-    let (_, tbs) = expect(tbs, SEQUENCE, "signature algorithm")?;
-    let (_, tbs) = expect(tbs, SEQUENCE, "issuer")?;
-    let (validity, _) = expect(tbs, SEQUENCE, "validity")?;
-    let (tag, not_before, rest) = tlv(validity)?;
+    let tbs = Tbs::parse(cert_der)?;
+    let (tag, not_before, rest) = tlv(tbs.validity)?;
     let not_before = time(tag, not_before)?;
     let (tag, not_after, _) = tlv(rest)?;
     let not_after = time(tag, not_after)?;
@@ -66,40 +45,6 @@ pub fn validity(cert_der: &[u8]) -> Result<Validity, DerError> {
         not_before,
         not_after,
     })
-}
-
-/// One TLV: (tag, contents, rest). Single-byte tags only (all we walk over).
-fn tlv(input: &[u8]) -> Result<(u8, &[u8], &[u8]), DerError> {
-    let (&tag, rest) = input.split_first().ok_or(DerError("truncated"))?;
-    let (&first, rest) = rest.split_first().ok_or(DerError("truncated"))?;
-    let (len, rest) = if first < 0x80 {
-        (usize::from(first), rest)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 || rest.len() < n {
-            return Err(DerError("bad length"));
-        }
-        let len = rest[..n]
-            .iter()
-            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
-        (len, &rest[n..])
-    };
-    if len > rest.len() {
-        return Err(DerError("truncated"));
-    }
-    Ok((tag, &rest[..len], &rest[len..]))
-}
-
-fn expect<'a>(
-    input: &'a [u8],
-    want: u8,
-    what: &'static str,
-) -> Result<(&'a [u8], &'a [u8]), DerError> {
-    let (tag, body, rest) = tlv(input)?;
-    if tag != want {
-        return Err(DerError(what));
-    }
-    Ok((body, rest))
 }
 
 /// UTCTime `YYMMDDHHMMSSZ` (YY < 50 → 20YY) or GeneralizedTime
@@ -166,6 +111,9 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::der::{INTEGER, SEQUENCE};
+
+    const VERSION: u8 = 0xa0;
 
     /// A hand-built certificate skeleton: only the fields the walk reads.
     fn cert(version: bool, nb: (u8, &[u8]), na: (u8, &[u8])) -> Vec<u8> {
