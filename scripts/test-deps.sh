@@ -20,7 +20,7 @@ PEERS="$ROOT/tests/peers"
 # ops-tests.sh: busybox (ash syntax checks, runsv where built in), runit (runsv),
 # openrc (openrc-run, supervise-daemon), qemu-user-static, curl; cross/build.sh
 # installs its own toolchain (cross/setup-debian.sh) on first use.
-APT_PACKAGES=(openssl tinyproxy busybox-static runit openrc qemu-user-static curl)
+APT_PACKAGES=(openssl tinyproxy busybox-static runit openrc qemu-user-static curl procps)
 
 log() { printf 'test-deps: %s\n' "$*" >&2; }
 
