@@ -171,3 +171,54 @@ fn second_signal_exits_at_once() {
     assert_eq!(wait_exit(&mut child), 143);
     assert!(cp.posts().is_empty());
 }
+
+/// A channel's proxy password: never in the exit-2 line, never in a log line
+/// (debug level, a call through that proxy failing), shown as `user:***`.
+#[test]
+fn a_channel_proxy_password_is_never_echoed_nor_logged() {
+    let out = run(
+        &[
+            "agent",
+            "--mcp.server-url",
+            "channel=docs,url=http://127.0.0.1:1/mcp,http-proxy=socks5://u:hunter2@p:1",
+        ],
+        &[
+            ("CONTROL_PLANE_API_KEY", "sk-x"),
+            ("CONTROL_PLANE_TUNNEL_ID", "tunnel_x"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("--mcp.server-url (MCP_SERVER_URL): channel docs: http-proxy:"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+
+    let mcp = spawn_server(|_req, stream| {
+        respond(stream, 200, &[("Content-Type", "application/json")], b"{}");
+    });
+    let cp = FakeCp::start();
+    cp.push_batch(&[on("docs", jsonrpc_command("via", &call(1), ""))]);
+    let entry = format!(
+        "channel=docs,url=http://{mcp}/mcp,http-proxy=http://u:hunter2@{}",
+        dead_addr()
+    );
+    let mut child = spawn_agent(
+        &cp,
+        mcp,
+        &["--mcp.server-url", &entry, "--log.level", "debug"],
+    );
+    let posts = cp.wait_posts(1);
+    assert_eq!(failure_source(&posted(&posts[0])), "connect");
+    signal(&child, "-TERM");
+    assert_eq!(wait_exit(&mut child), 0);
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(
+        stderr.contains("u:***@"),
+        "the proxy is logged redacted: {stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}

@@ -7,7 +7,6 @@ mod agent_support;
 mod common;
 
 use std::ffi::OsString;
-use std::time::{Duration, Instant};
 
 use agent_support::*;
 use common::pki::pki;
@@ -27,18 +26,6 @@ fn auth_proxy(test: &str) -> Option<Tinyproxy> {
             connect_ports: &[],
         },
     )
-}
-
-/// Waits (bounded) until readiness gives a reason containing `want`.
-fn wait_reason(agent: &RunningAgent, want: &str) -> String {
-    let until = Instant::now() + Duration::from_secs(10);
-    loop {
-        let reason = agent.readiness.not_ready_reason().unwrap_or_default();
-        if reason.contains(want) || Instant::now() > until {
-            return reason;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Runs one command against `mcp_url` and returns the posted answer.
@@ -288,6 +275,63 @@ fn bad_certificates_are_one_line_naming_flag_variable_and_file() {
 }
 
 #[test]
+fn bad_channel_certificates_name_the_flag_the_channel_and_the_file() {
+    let test = "bad_channel_certificates_name_the_flag_the_channel_and_the_file";
+    let Some(p) = pki(test) else { return };
+    let s = |x: &std::path::Path| x.display().to_string();
+    let prefix = "invalid value for --mcp.server-url (MCP_SERVER_URL): channel docs: ";
+    let entry = |cert: &std::path::Path, key: &std::path::Path| {
+        format!(
+            "channel=docs,url=https://127.0.0.1:9/mcp,client-cert={},client-key={}",
+            s(cert),
+            s(key)
+        )
+    };
+    let e = parse_err(
+        &[
+            "--mcp.server-url",
+            &entry(&p.client_pkcs8.0, &p.client_pkcs1.1),
+        ],
+        &[],
+    );
+    assert!(
+        e.starts_with(&format!("{prefix}client-key: private key in")),
+        "{e}"
+    );
+    assert!(e.contains("does not belong to the certificate"), "{e}");
+    let e = parse_err(
+        &[
+            "--mcp.server-url",
+            &entry(&p.client_expired.0, &p.client_expired.1),
+        ],
+        &[],
+    );
+    assert!(
+        e.starts_with(&format!("{prefix}client-cert: certificate in")),
+        "{e}"
+    );
+    assert!(
+        e.contains("client-expired.pem expired at 2020-02-01T00:00:00Z"),
+        "{e}"
+    );
+    let e = parse_err(
+        &[
+            "--mcp.server-url",
+            &format!(
+                "channel=docs,url=https://127.0.0.1:9/mcp,ca-bundle={}",
+                s(&p.client_pkcs8.1)
+            ),
+        ],
+        &[],
+    );
+    assert!(
+        e.starts_with(&format!("{prefix}ca-bundle: ")) && e.contains("holds no PEM CA certificate"),
+        "{e}"
+    );
+    assert_eq!(e.lines().count(), 1, "{e}");
+}
+
+#[test]
 fn valid_edge_settings_load_from_flags_and_environment() {
     let test = "valid_edge_settings_load_from_flags_and_environment";
     let Some(p) = pki(test) else { return };
@@ -356,4 +400,13 @@ fn help_lists_the_edge_flags_with_their_variables() {
         );
     }
     assert!(help.contains("user:***"));
+    // The per-channel network keys of --mcp.server-url.
+    for key in [
+        "http-proxy=",
+        "client-cert=PATH",
+        "client-key=PATH",
+        "ca-bundle=PATH",
+    ] {
+        assert!(help.contains(key), "{key}");
+    }
 }

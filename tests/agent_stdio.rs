@@ -18,14 +18,6 @@ fn stdio(channel: &str, mode: &str) -> String {
     format!("channel={channel},command=python3 -u '{SCRIPT}' {mode}")
 }
 
-fn on(channel: &str, command: String) -> String {
-    command.replacen(
-        "\"channel\":\"main\"",
-        &format!("\"channel\":\"{channel}\""),
-        1,
-    )
-}
-
 fn tool(id: u32, name: &str) -> String {
     format!(
         r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{name}","arguments":{{}}}}}}"#

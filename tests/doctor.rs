@@ -508,3 +508,62 @@ fn each_channel_target_is_checked_and_stdio_programs_are_looked_up() {
         "a command argument was printed:\n{out}"
     );
 }
+
+#[test]
+fn a_channel_behind_its_own_proxy_is_checked_through_it() {
+    let test = "a_channel_behind_its_own_proxy_is_checked_through_it";
+    let Some(proxy) = Tinyproxy::start(
+        test,
+        &ProxyConf {
+            basic_auth: Some(("chan-user", "right.pass")),
+            connect_ports: &[],
+        },
+    ) else {
+        return;
+    };
+    let w = world("doctor-chan-proxy", &[]);
+    let entry = |userinfo: &str| {
+        format!(
+            "channel=docs,url={},http-proxy={}",
+            w.mcp_url(),
+            proxy.url_with(userinfo)
+        )
+    };
+    let (code, out) = w.doctor(
+        &w.http(),
+        &w.init.runtime_key,
+        &entry("chan-user:wrong.pass"),
+        &[],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        line(&out, "DNS MCP server [docs]").contains("[skip]"),
+        "{out}"
+    );
+    let l = line(&out, "proxy CONNECT");
+    assert!(
+        l.contains("[FAIL]") && l.contains("proxy authentication failed"),
+        "{out}"
+    );
+    assert!(fix(&out, "proxy CONNECT").contains("http-proxy="), "{out}");
+    assert!(line(&out, "MCP server [docs]").contains("[skip]"), "{out}");
+    assert!(line(&out, "control-plane auth").contains("[ok  ]"), "{out}");
+    assert!(!out.contains("wrong.pass"), "{out}");
+    assert_eq!(
+        proxy.connects_to(w.relay.port()),
+        0,
+        "the control plane is not behind the channel's proxy"
+    );
+
+    let (code, out) = w.doctor(
+        &w.http(),
+        &w.init.runtime_key,
+        &entry("chan-user:right.pass"),
+        &[],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(line(&out, "proxy CONNECT").contains("[ok  ]"), "{out}");
+    assert!(line(&out, "MCP server [docs]").contains("[ok  ]"), "{out}");
+    assert!(proxy.connects_to(w.mcp.port()) >= 1);
+    assert!(!out.contains("right.pass"), "{out}");
+}

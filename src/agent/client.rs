@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ureq::tls::TlsConfig;
 
-use super::edge::Clients;
+use super::edge::{ChannelEdge, Clients};
 
 pub struct ClientOptions {
     pub user_agent: String,
@@ -45,17 +45,23 @@ pub fn agents(
     )
 }
 
-/// The control-plane agent and one MCP agent per HTTP target, with the MCP
-/// hop's TLS and proxy (`agent::edge`). Separate agents mean separate connection pools: a
-/// connection opened for one channel's origin is never reused for another.
+/// The control-plane agent and one MCP agent per HTTP target (`(label,
+/// settings)` each), built with that target's own TLS and proxy
+/// (`agent::edge::Clients::for_channel`). Separate agents mean separate
+/// connection pools and TLS configurations: a connection, a proxy or a client
+/// certificate configured for one channel's origin is never used for another.
 pub fn agents_per_target(
     cp: &ClientOptions,
     mcp: &ClientOptions,
     edge: Clients,
-    targets: usize,
+    targets: &[(String, &ChannelEdge)],
 ) -> (ureq::Agent, Vec<ureq::Agent>) {
-    let per_target = (0..targets)
-        .map(|_| agent(mcp, edge.mcp_tls.clone(), edge.mcp_proxy.clone()))
+    let per_target = targets
+        .iter()
+        .map(|(label, ch)| {
+            let (tls, proxy) = edge.for_channel(label, ch);
+            agent(mcp, tls, proxy)
+        })
         .collect();
     (agent(cp, edge.cp_tls, edge.cp_proxy), per_target)
 }

@@ -102,7 +102,11 @@ pub const MCP_SERVER_URL: Setting = Setting {
     flag: "mcp.server-url",
     env: "MCP_SERVER_URL",
     default: None,
-    help: "Streamable HTTP URL of an MCP server: a URL (channel main) or channel=NAME,url=URL[,header=Name:value...] (repeatable; this or --mcp.command is required)",
+    help: "Streamable HTTP URL of an MCP server: a URL (channel main) or \
+           channel=NAME,url=URL[,header=Name:value...][,http-proxy=http://[user:password@]host:port]\
+           [,client-cert=PATH,client-key=PATH][,ca-bundle=PATH] (repeatable; this or --mcp.command \
+           is required); the channel's proxy, certificate and CAs apply to its URL only \
+           (no proxy unless http-proxy= is given; logged as user:***)",
     repeatable: true,
 };
 pub const MCP_COMMAND: Setting = Setting {
@@ -542,6 +546,7 @@ fn build_plan(
         extra_headers,
         poll,
         env: lookup,
+        now: std::time::SystemTime::now(),
     })
 }
 
@@ -984,6 +989,100 @@ mod tests {
         let c = run(&[], &env3).unwrap();
         assert!(!c.explicit_channels);
         assert_eq!(c.channels, [Channel::main()]);
+    }
+
+    #[test]
+    fn channel_network_settings_stay_with_their_channel() {
+        let env = env_of(&[
+            ("CONTROL_PLANE_TUNNEL_ID", "tunnel_abc"),
+            ("CONTROL_PLANE_API_KEY", "k"),
+            // Environment proxies never apply to MCP targets.
+            ("HTTPS_PROXY", "http://env-proxy:3128"),
+        ]);
+        let c = run(
+            &[
+                "--mcp.server-url",
+                "channel=docs,url=https://docs.internal/mcp,http-proxy=http://u:p%40ss-hunter2@proxy.corp:3128,header=X-A: 1, 2",
+                "--mcp.server-url",
+                "channel=wiki,url=https://wiki.internal/mcp",
+            ],
+            &env,
+        )
+        .unwrap();
+        let edge = |i: usize| match &c.targets[i].spec {
+            TargetSpec::Http { edge, .. } => edge.clone(),
+            TargetSpec::Stdio { .. } => panic!("not HTTP"),
+        };
+        let docs = edge(0);
+        let proxy = docs.proxy.as_ref().expect("the channel's proxy");
+        assert_eq!((proxy.host(), proxy.port()), ("proxy.corp", 3128));
+        assert_eq!(
+            proxy.credentials().map(|c| c.password.as_str()),
+            Some("p@ss-hunter2")
+        );
+        assert_eq!(
+            http_headers(&c.targets[0]),
+            [("X-A".to_string(), "1, 2".to_string())]
+        );
+        assert!(edge(1).proxy.is_none(), "no proxy unless told");
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+        assert!(dbg.contains("proxy.corp"), "{dbg}");
+    }
+
+    #[test]
+    fn channel_network_setting_errors_name_the_flag_and_the_channel() {
+        let env = env_of(&[
+            ("CONTROL_PLANE_TUNNEL_ID", "tunnel_abc"),
+            ("CONTROL_PLANE_API_KEY", "k"),
+        ]);
+        let u = "--mcp.server-url";
+        for (entry, why) in [
+            (
+                "channel=docs,url=http://a/,http-proxy=socks5://u:hunter2@p:1",
+                "http-proxy: unsupported proxy scheme",
+            ),
+            (
+                "http-proxy=http://u:hunter2@p:0,channel=docs,url=http://a/",
+                "http-proxy: proxy URL has an invalid port",
+            ),
+            (
+                "channel=docs,url=http://a/,client-cert=/x/c.pem",
+                "client-key=PATH is required",
+            ),
+            (
+                "channel=docs,url=http://a/,client-key=/x/c.key",
+                "client-cert=PATH is required",
+            ),
+            (
+                "channel=docs,url=http://a/,client-cert=/nonexistent/c.pem,client-key=/nonexistent/c.key",
+                "client-cert: cannot read certificate from /nonexistent/c.pem",
+            ),
+            (
+                "channel=docs,url=http://a/,ca-bundle=/nonexistent/ca.pem",
+                "ca-bundle: cannot read CA certificate from /nonexistent/ca.pem",
+            ),
+            (
+                "channel=docs,url=http://a/,http-proxy=http://p:1,http-proxy=http://q:1",
+                "http-proxy= given twice",
+            ),
+        ] {
+            let err = run(&[u, entry], &env)
+                .err()
+                .unwrap_or_else(|| panic!("{entry} accepted"));
+            assert!(
+                err.0.starts_with(
+                    "invalid value for --mcp.server-url (MCP_SERVER_URL): "
+                ),
+                "{entry} → {err}"
+            );
+            if !why.ends_with("given twice") {
+                assert!(err.0.contains("channel docs: "), "{entry} → {err}");
+            }
+            assert!(err.0.contains(why), "{entry} → {err}");
+            assert!(!err.0.contains("hunter2"), "{err}");
+            assert!(!err.0.contains('\n'), "one line: {err}");
+        }
     }
 
     #[test]

@@ -5,10 +5,12 @@
 //!
 //! Which proxy a hop uses is `net::proxy`'s rule: the control plane follows
 //! `--control-plane.http-proxy`, then `--http-proxy`, then
-//! `HTTPS_PROXY`/`HTTP_PROXY` (with `NO_PROXY`); the MCP server is reached
-//! directly (environment proxies never apply to it). Trust is the system
-//! store plus `--ca-bundle` on both hops; each hop presents only its own
-//! client certificate.
+//! `HTTPS_PROXY`/`HTTP_PROXY` (with `NO_PROXY`); an MCP server is reached
+//! directly unless its channel names an `http-proxy=` (environment proxies
+//! never apply to it). Trust is the system store plus `--ca-bundle` on both
+//! hops (plus a channel's own `ca-bundle=`); each hop presents only its own
+//! client certificate, and each HTTP channel its own (`client-cert=`), else
+//! `--mcp.client-cert`.
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -145,6 +147,68 @@ pub fn build(
     })
 }
 
+/// One HTTP channel's own network settings from its `--mcp.server-url`
+/// entry (`http-proxy=`, `client-cert=`/`client-key=`, `ca-bundle=`), checked.
+/// `Debug` shows no password or key.
+#[derive(Clone, Debug, Default)]
+pub struct ChannelEdge {
+    pub proxy: Option<ProxyUrl>,
+    /// This channel's certificate; `None` falls back to `--mcp.client-cert`.
+    pub identity: Option<ClientIdentity>,
+    /// Added to the system store and `--ca-bundle` for this channel only.
+    pub ca_bundle: Option<(PathBuf, Trust)>,
+}
+
+/// The raw `key=value` settings of one channel entry, before checking.
+#[derive(Default)]
+pub struct RawChannelEdge<'a> {
+    pub http_proxy: Option<&'a str>,
+    pub client_cert: Option<&'a str>,
+    pub client_key: Option<&'a str>,
+    pub ca_bundle: Option<&'a str>,
+}
+
+/// Checks a channel's settings. The error names the entry key (the caller
+/// adds the flag and the channel); it never echoes a proxy password.
+pub fn channel_edge(raw: &RawChannelEdge<'_>, now: SystemTime) -> Result<ChannelEdge, String> {
+    fn set(v: Option<&str>) -> Option<&str> {
+        v.map(str::trim).filter(|v| !v.is_empty())
+    }
+    let proxy = set(raw.http_proxy)
+        .map(|v| ProxyUrl::parse(v).map_err(|e| format!("http-proxy: {e}")))
+        .transpose()?;
+    let identity = match (set(raw.client_cert), set(raw.client_key)) {
+        (None, None) => None,
+        (Some(_), None) => return Err("client-key=PATH is required with client-cert=".into()),
+        (None, Some(_)) => return Err("client-cert=PATH is required with client-key=".into()),
+        (Some(cert), Some(key)) => {
+            let (cert, key) = (PathBuf::from(cert), PathBuf::from(key));
+            let id = ClientIdentity::load(&cert, &key, now).map_err(|e| {
+                let which = if about_key(&e, &key) {
+                    "client-key"
+                } else {
+                    "client-cert"
+                };
+                format!("{which}: {e}")
+            })?;
+            Some(id)
+        }
+    };
+    let ca_bundle = match set(raw.ca_bundle) {
+        None => None,
+        Some(path) => {
+            let path = PathBuf::from(path);
+            let trust = Trust::bundle_only(&path).map_err(|e| format!("ca-bundle: {e}"))?;
+            Some((path, trust))
+        }
+    };
+    Ok(ChannelEdge {
+        proxy,
+        identity,
+        ca_bundle,
+    })
+}
+
 /// Is this error the key file's fault (so the key flag is the one to name)?
 fn about_key(e: &TlsError, key: &Path) -> bool {
     match e {
@@ -154,12 +218,49 @@ fn about_key(e: &TlsError, key: &Path) -> bool {
     }
 }
 
-/// What the two ureq agents are built with.
+/// What the ureq agents are built with: the control plane's, the default
+/// MCP hop's (a bare `--mcp.server-url`), and what each channel needs.
 pub struct Clients {
     pub cp_tls: TlsConfig,
     pub mcp_tls: TlsConfig,
     pub cp_proxy: Option<ureq::Proxy>,
     pub mcp_proxy: Option<ureq::Proxy>,
+    /// System store plus `--ca-bundle`, loaded once.
+    trust: Trust,
+    /// `--mcp.client-cert`: the certificate of channels without their own.
+    mcp_identity: Option<ClientIdentity>,
+}
+
+impl Clients {
+    /// TLS and proxy for one HTTP channel: its own `http-proxy=` or none
+    /// (never the control plane's or the environment's), its own client
+    /// certificate or else `--mcp.client-cert`, and its `ca-bundle=` added to
+    /// the shared trust. Logs (redacted) what differs from the default.
+    pub fn for_channel(&self, label: &str, ch: &ChannelEdge) -> (TlsConfig, Option<ureq::Proxy>) {
+        let choice = mcp_proxy(ch.proxy.as_ref());
+        if ch.proxy.is_some() {
+            log::info!("channel {label}: MCP connections via {choice}");
+        }
+        if let Some(id) = &ch.identity {
+            log::info!(
+                "channel {label}: presenting its own client certificate (valid until {})",
+                id.validity.not_after
+            );
+        }
+        let identity = ch.identity.as_ref().or(self.mcp_identity.as_ref());
+        let tls = match &ch.ca_bundle {
+            None => self.trust.config(identity),
+            Some((path, bundle)) => {
+                log::info!(
+                    "channel {label}: also trusting {} CA certificate(s) from {}",
+                    bundle.bundle_count,
+                    path.display()
+                );
+                self.trust.clone().with(bundle).config(identity)
+            }
+        };
+        (tls, to_ureq(&choice))
+    }
 }
 
 /// Loads the system roots once for both hops and logs (redacted) what each
@@ -217,6 +318,8 @@ pub fn clients(edge: &EdgeConfig, base_url: &str) -> Clients {
         // A URL that parsed once converts; if not, fail closed to direct with a warning.
         cp_proxy: to_ureq(&cp_choice),
         mcp_proxy: to_ureq(&mcp_choice),
+        trust,
+        mcp_identity: edge.mcp_identity.clone(),
     }
 }
 

@@ -118,11 +118,16 @@ async fn run_async(
         }
     };
     let user_agent = format!("{CLIENT_NAME}/{CLIENT_VERSION}");
-    let http_count = cfg
+    // Each HTTP target's own network settings, in target order (build_targets
+    // takes the agents in the same order).
+    let http_edges: Vec<(String, &super::edge::ChannelEdge)> = cfg
         .targets
         .iter()
-        .filter(|t| matches!(t.spec, TargetSpec::Http { .. }))
-        .count();
+        .filter_map(|t| match &t.spec {
+            TargetSpec::Http { edge, .. } => Some((channel_list(&t.channels), edge.as_ref())),
+            TargetSpec::Stdio { .. } => None,
+        })
+        .collect();
     let (cp_agent, mcp_agents) = agents_per_target(
         &ClientOptions {
             user_agent: user_agent.clone(),
@@ -135,7 +140,7 @@ async fn run_async(
             max_idle_age: cfg.connection_max_ttl,
         },
         super::edge::clients(&cfg.edge, &cfg.base_url),
-        http_count,
+        &http_edges,
     );
     let cp = Arc::new(
         ControlPlane::new(&cfg, cp_agent, random::instance_id(), server_info)
@@ -286,7 +291,7 @@ fn build_targets(
             continue;
         };
         let target = match &t.spec {
-            TargetSpec::Http { url, headers } => {
+            TargetSpec::Http { url, headers, .. } => {
                 let agent = agents
                     .next()
                     .ok_or_else(|| "internal: no HTTP client for a channel".to_string())?;
@@ -301,11 +306,7 @@ fn build_targets(
                     .collect();
                 log::info!(
                     "channel {}: Streamable HTTP MCP server {}",
-                    t.channels
-                        .iter()
-                        .map(|c| c.as_str())
-                        .collect::<Vec<_>>()
-                        .join(","),
+                    channel_list(&t.channels),
                     redacted_url(url)
                 );
                 http_channels.extend(t.channels.iter().cloned());
@@ -360,6 +361,14 @@ fn build_targets(
         channels: Vec::new(),
     });
     Ok(built)
+}
+
+fn channel_list(channels: &[Channel]) -> String {
+    channels
+        .iter()
+        .map(|c| c.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Stops every target when the runtime returns, whichever way it does.

@@ -297,6 +297,15 @@ pub fn jsonrpc_command(id: &str, jsonrpc: &str, extra: &str) -> String {
     )
 }
 
+/// The command addressed to `channel` instead of `main`.
+pub fn on(channel: &str, command: String) -> String {
+    command.replacen(
+        "\"channel\":\"main\"",
+        &format!("\"channel\":\"{channel}\""),
+        1,
+    )
+}
+
 pub fn call(id: u32) -> String {
     format!(
         r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"echo","arguments":{{}}}}}}"#
@@ -411,6 +420,18 @@ pub fn start_agent_with(cp: &FakeCp, extra: &[&str]) -> RunningAgent {
         shutdown,
         readiness,
         exit,
+    }
+}
+
+/// Waits (bounded) until readiness gives a reason containing `want`.
+pub fn wait_reason(agent: &RunningAgent, want: &str) -> String {
+    let until = Instant::now() + WAIT;
+    loop {
+        let reason = agent.readiness.not_ready_reason().unwrap_or_default();
+        if reason.contains(want) || Instant::now() > until {
+            return reason;
+        }
+        thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -1,19 +1,23 @@
 //! Which MCP target serves which channel: `--mcp.server-url` and
 //! `--mcp.command`, each repeatable, as a bare value (channel `main`) or as
-//! `channel=NAME,url=URL[,header=Name:value…]` / `channel=NAME,command=CMD`;
-//! and `--control-plane.poll-channel`, which limits what is polled.
+//! `channel=NAME,url=URL[,header=Name:value…][,http-proxy=URL]
+//! [,client-cert=PATH,client-key=PATH][,ca-bundle=PATH]` /
+//! `channel=NAME,command=CMD`; and `--control-plane.poll-channel`, which
+//! limits what is polled.
 //!
 //! Entries split at a comma followed by a known key (`channel=`, `url=`,
-//! `header=`, `command=`), so commas inside a header value stay in it, and
+//! `header=`, `command=`, …), so commas inside a header value stay in it, and
 //! `command=` takes the rest of the entry verbatim (a command may hold anything).
 
 use std::fmt;
+use std::time::SystemTime;
 
 use super::{
     invalid, parse_extra_header, parse_http_url, ConfigError, ExtraHeader, Setting, MCP_COMMAND,
     MCP_EXTRA_HEADERS, MCP_SERVER_URL, POLL_CHANNEL,
 };
 use crate::agent::argv;
+use crate::agent::edge::{channel_edge, ChannelEdge, RawChannelEdge};
 use crate::proto::channel::Channel;
 use crate::proto::server_info::MAX_CHANNELS;
 
@@ -22,10 +26,12 @@ const MAX_HEADERS: usize = 64;
 
 /// How one target is reached.
 pub enum TargetSpec {
-    /// Streamable HTTP; `headers` go to this URL only.
+    /// Streamable HTTP; `headers` and `edge` (proxy, client certificate,
+    /// extra CAs) apply to this URL only.
     Http {
         url: String,
         headers: Vec<ExtraHeader>,
+        edge: Box<ChannelEdge>,
     },
     /// A child process, argv already split (no shell).
     Stdio { argv: Vec<String> },
@@ -35,9 +41,10 @@ impl fmt::Debug for TargetSpec {
     // Header values and command arguments may carry credentials: names only.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            TargetSpec::Http { headers, .. } => {
+            TargetSpec::Http { headers, edge, .. } => {
                 let names: Vec<&str> = headers.iter().map(|h| h.name.as_str()).collect();
-                write!(f, "Http {{ headers: {names:?} }}")
+                // ProxyUrl and ClientIdentity print no password or key.
+                write!(f, "Http {{ headers: {names:?}, edge: {edge:?} }}")
             }
             TargetSpec::Stdio { argv } => write!(f, "Stdio {{ args: {} }}", argv.len()),
         }
@@ -68,9 +75,20 @@ pub struct Raw<'a> {
     /// `--control-plane.poll-channel`, validated, in order, deduplicated.
     pub poll: Vec<Channel>,
     pub env: &'a dyn Fn(&str) -> Option<String>,
+    /// When channel client certificates must be valid.
+    pub now: SystemTime,
 }
 
-const KEYS: &[&str] = &["channel=", "url=", "header=", "command="];
+const KEYS: &[&str] = &[
+    "channel=",
+    "url=",
+    "header=",
+    "command=",
+    "http-proxy=",
+    "client-cert=",
+    "client-key=",
+    "ca-bundle=",
+];
 
 fn is_keyed(entry: &str) -> bool {
     KEYS.iter().any(|k| entry.starts_with(k))
@@ -113,18 +131,48 @@ fn channel_of(setting: &Setting, raw: &str) -> Result<Channel, ConfigError> {
     Channel::parse(raw).map_err(|_| invalid(setting, "channel names match ^[a-z0-9_-]{1,64}$"))
 }
 
+/// One `--mcp.server-url` entry, checked.
+struct UrlEntry {
+    channel: Option<Channel>,
+    url: String,
+    headers: Vec<ExtraHeader>,
+    edge: Box<ChannelEdge>,
+}
+
+const URL_ENTRY_FORM: &str = "expected channel=NAME,url=URL[,header=Name:value…][,http-proxy=URL][,client-cert=PATH,client-key=PATH][,ca-bundle=PATH]";
+
 fn parse_url_entry(
     entry: &str,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<(Option<Channel>, String, Vec<ExtraHeader>), ConfigError> {
+    now: SystemTime,
+) -> Result<UrlEntry, ConfigError> {
     let s = &MCP_SERVER_URL;
     if !is_keyed(entry) {
         let url = entry.trim().to_string();
         parse_http_url(&url).map_err(|why| invalid(s, why))?;
-        return Ok((None, url, Vec::new()));
+        return Ok(UrlEntry {
+            channel: None,
+            url,
+            headers: Vec::new(),
+            edge: Box::default(),
+        });
     }
     let (mut channel, mut url, mut headers) = (None, None, Vec::new());
+    let mut raw_edge = RawChannelEdge::default();
     for (key, value) in pieces(entry) {
+        let edge_slot = match key {
+            "http-proxy" => Some(&mut raw_edge.http_proxy),
+            "client-cert" => Some(&mut raw_edge.client_cert),
+            "client-key" => Some(&mut raw_edge.client_key),
+            "ca-bundle" => Some(&mut raw_edge.ca_bundle),
+            _ => None,
+        };
+        if let Some(slot) = edge_slot {
+            if slot.replace(value).is_some() {
+                return Err(invalid(s, format_args!("{key}= given twice")));
+            }
+            continue;
+        }
         match key {
             "channel" if channel.is_none() => channel = Some(channel_of(s, value.trim())?),
             "url" if url.is_none() => {
@@ -139,17 +187,20 @@ fn parse_url_entry(
                 }
             }
             "channel" | "url" => return Err(invalid(s, format_args!("{key}= given twice"))),
-            _ => {
-                return Err(invalid(
-                    s,
-                    "expected channel=NAME,url=URL[,header=Name:value…]",
-                ))
-            }
+            _ => return Err(invalid(s, URL_ENTRY_FORM)),
         }
     }
     let channel = channel.ok_or_else(|| invalid(s, "channel=NAME is missing"))?;
     let url = url.ok_or_else(|| invalid(s, "url=URL is missing"))?;
-    Ok((Some(channel), url, headers))
+    // Checked once the channel is known, so the line names it.
+    let edge = channel_edge(&raw_edge, now)
+        .map_err(|why| invalid(s, format_args!("channel {channel}: {why}")))?;
+    Ok(UrlEntry {
+        channel: Some(channel),
+        url,
+        headers,
+        edge: Box::new(edge),
+    })
 }
 
 fn parse_command_entry(entry: &str) -> Result<(Option<Channel>, Vec<String>), ConfigError> {
@@ -191,13 +242,18 @@ pub fn resolve(raw: Raw<'_>) -> Result<Plan, ConfigError> {
     };
     let mut bare_url = false;
     for entry in &raw.urls {
-        let (channel, url, headers) = parse_url_entry(entry, raw.env)?;
+        let UrlEntry {
+            channel,
+            url,
+            headers,
+            edge,
+        } = parse_url_entry(entry, raw.env, raw.now)?;
         bare_url |= channel.is_none();
         let bare = channel.is_none();
         push(
             channel.unwrap_or_else(Channel::main),
             bare,
-            TargetSpec::Http { url, headers },
+            TargetSpec::Http { url, headers, edge },
             &MCP_SERVER_URL,
         )?;
     }
@@ -297,6 +353,17 @@ mod tests {
                 ("url", "http://h/x?a=1,b=2"),
                 ("header", "X-A: 1, 2"),
                 ("header", "B:c")
+            ]
+        );
+        assert_eq!(
+            pieces("url=http://h/?a=1,b=2,http-proxy=http://u:p%2Cw@p:1,client-cert=/c.pem,client-key=/c.key,ca-bundle=/ca,x.pem,channel=a"),
+            [
+                ("url", "http://h/?a=1,b=2"),
+                ("http-proxy", "http://u:p%2Cw@p:1"),
+                ("client-cert", "/c.pem"),
+                ("client-key", "/c.key"),
+                ("ca-bundle", "/ca,x.pem"),
+                ("channel", "a")
             ]
         );
         assert_eq!(

@@ -191,8 +191,13 @@ fn configuration(
     }
     for t in targets {
         parts.push(match t {
-            Target::Http { label, url, .. } => match url.parse::<http::Uri>() {
-                Ok(u) => format!("MCP{label} {}", redacted(&u)),
+            Target::Http {
+                label, url, edge, ..
+            } => match url.parse::<http::Uri>() {
+                Ok(u) => match &edge.proxy {
+                    Some(p) => format!("MCP{label} {} via {p}", redacted(&u)),
+                    None => format!("MCP{label} {}", redacted(&u)),
+                },
                 Err(_) => format!("MCP{label} (unparsable URL)"),
             },
             // Arguments may carry credentials: the program only.
@@ -364,6 +369,8 @@ enum Target<'a> {
         label: String,
         url: &'a str,
         headers: Vec<(&'a str, &'a str)>,
+        /// The channel's own proxy, client certificate and CAs.
+        edge: &'a edge::ChannelEdge,
     },
     Stdio {
         label: String,
@@ -386,9 +393,10 @@ fn targets(cfg: &AgentConfig) -> Vec<Target<'_>> {
                 format!(" [{}]", names.join(","))
             };
             match &t.spec {
-                TargetSpec::Http { url, headers } => Target::Http {
+                TargetSpec::Http { url, headers, edge } => Target::Http {
                     label,
                     url,
+                    edge,
                     headers: headers
                         .iter()
                         .map(|h| (h.name.as_str(), h.value.expose()))
@@ -441,15 +449,22 @@ pub fn diagnose(cfg: &AgentConfig) -> Report {
         max_idle: 1,
         max_idle_age: Duration::from_secs(5),
     };
-    let http_count = targets
+    // Each HTTP target with its own proxy and certificate, as the agent does.
+    let http_edges: Vec<(String, &edge::ChannelEdge)> = targets
         .iter()
-        .filter(|t| matches!(t, Target::Http { .. }))
-        .count();
+        .filter_map(|t| match t {
+            Target::Http { label, edge, .. } => {
+                let names = label.trim().trim_start_matches('[').trim_end_matches(']');
+                Some((names.to_string(), *edge))
+            }
+            Target::Stdio { .. } => None,
+        })
+        .collect();
     let (cp_agent, mcp_agents) = agents_per_target(
         &opts,
         &opts,
         edge::clients(&cfg.edge, &cfg.base_url),
-        http_count,
+        &http_edges,
     );
 
     control_plane_steps(&mut r, cfg, &cp_url, &choice, cp_agent, &decls, &trust_text);
@@ -460,10 +475,19 @@ pub fn diagnose(cfg: &AgentConfig) -> Report {
                 label,
                 url,
                 headers,
+                edge,
             } => match (url.parse::<http::Uri>(), mcp_agents.next()) {
-                (Ok(u), Some(agent)) => {
-                    mcp_steps(&mut r, cfg, label, url, headers, &u, agent, &trust_text)
-                }
+                (Ok(u), Some(agent)) => mcp_steps(
+                    &mut r,
+                    cfg,
+                    label,
+                    url,
+                    headers,
+                    edge,
+                    &u,
+                    agent,
+                    &trust_text,
+                ),
                 _ => r.push(Check::fail(
                     format!("MCP server{label}"),
                     "unparsable URL",
@@ -698,6 +722,7 @@ fn mcp_steps(
     label: &str,
     raw_url: &str,
     headers: &[(&str, &str)],
+    channel: &edge::ChannelEdge,
     url: &http::Uri,
     agent: ureq::Agent,
     trust_text: &str,
@@ -707,15 +732,26 @@ fn mcp_steps(
     let name = format!("MCP server{label}");
     let https = url.scheme_str() == Some("https");
     let (host, port) = host_port(url);
-    let (c, addrs) = dns_check(
-        &dns_name,
-        &host,
-        port,
-        format!(
-            "check the host in {} and this host's resolver",
-            Hop::Mcp.url_flag()
+    // Behind the channel's proxy the proxy resolves the MCP host; the
+    // CONNECT step below tells whether it could.
+    let (c, addrs) = match &channel.proxy {
+        Some(p) => (
+            Check::skip(
+                dns_name.as_str(),
+                format!("resolved by the channel's proxy {p}"),
+            ),
+            Some(Vec::new()),
         ),
-    );
+        None => dns_check(
+            &dns_name,
+            &host,
+            port,
+            format!(
+                "check the host in {} and this host's resolver",
+                Hop::Mcp.url_flag()
+            ),
+        ),
+    };
     r.push(c);
     if addrs.is_none() {
         if https {
@@ -737,10 +773,17 @@ fn mcp_steps(
         .build()
         .send(INITIALIZE.as_bytes());
     let mut tls_ok = format!("verified against {trust_text}");
-    if let Some(id) = &cfg.edge.mcp_identity {
+    if let Some((path, _)) = &channel.ca_bundle {
+        tls_ok.push_str(&format!(" + the channel's ca-bundle= {}", path.display()));
+    }
+    if let Some(id) = channel.identity.as_ref().or(cfg.edge.mcp_identity.as_ref()) {
         tls_ok.push_str(&format!("; presented {}", identity_text(id)));
     }
-    let past = edge_steps(r, &result, None, https, &tls_name, tls_ok, Hop::Mcp);
+    let proxy_origin = channel
+        .proxy
+        .as_ref()
+        .map(|_| "the channel's http-proxy= in --mcp.server-url (MCP_SERVER_URL)");
+    let past = edge_steps(r, &result, proxy_origin, https, &tls_name, tls_ok, Hop::Mcp);
     let resp = match (result, past) {
         (Ok(resp), Past::Answered) => resp,
         (Err(e), Past::Transport) => {
