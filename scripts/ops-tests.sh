@@ -338,7 +338,12 @@ test_openrc() {
         done
         [ -n "$second" ] && [ "$second" != "$first" ] || { echo "not respawned" >&2; exit 1; }
         echo "openrc: agent $first killed, supervise-daemon respawned it as $second" >&2
-        for _ in $(seq 200); do grep -qs "starting" "$t/agent.log" && break; sleep 0.05; done
+        # SIGHUP before the new agent installed its handlers would end it (the
+        # default action): wait until the second agent got past its startup check.
+        for _ in $(seq 200); do
+            [ "$(grep -c "control plane reachable" "$t/agent.log" 2>/dev/null)" -ge 2 ] && break
+            sleep 0.05
+        done
         # What logrotate does with "create 0640 nobody": rename, new empty file, then reload.
         mv "$t/agent.log" "$t/agent.log.1"
         install -o nobody -m 0640 /dev/null "$t/agent.log"
