@@ -5,7 +5,7 @@ export CARGO
 E2E_PYTHON ?= .cache/venv-mcp2/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: all build run test bench bench-smoke bench-alloc fuzz lint test-deps unit no-tokio e2e
+.PHONY: all build run test bench bench-smoke bench-alloc fuzz lint test-deps unit no-tokio e2e static cross ops
 
 all: build
 
@@ -46,8 +46,21 @@ bench-smoke:
 	$(CARGO) build
 	python3 scripts/bench.py --smoke --bin target/debug/mcp-tunnel
 
+# Static agent-only edge builds (size profile) into target/dist/; see cross/build.sh.
+static:
+	cross/build.sh x86_64-unknown-linux-musl
+
+cross:
+	cross/build.sh aarch64-unknown-linux-musl
+	cross/build.sh armv7-unknown-linux-musleabihf
+
+# The static agent in an empty chroot, the aarch64 agent under qemu, the runit
+# and OpenRC services (scripts/ops-tests.sh; OPS_ARMV7=1 adds armv7 under qemu).
+ops:
+	scripts/ops-tests.sh
+
 # Everything, in this order: dependencies, format, lints (both builds), unit
-# tests, the no-tokio rule, end-to-end.
+# tests, the no-tokio rule, end-to-end, operations (chroot, qemu, init files).
 # Sequential even under `make -j`.
 test:
 	$(MAKE) test-deps
@@ -55,6 +68,7 @@ test:
 	$(MAKE) unit
 	$(MAKE) no-tokio
 	$(MAKE) e2e
+	$(MAKE) ops
 	$(MAKE) bench-smoke
 
 # Coverage-guided fuzzing of src/proto (tests/fuzz); FUZZ_SECONDS per target.

@@ -50,6 +50,9 @@ lower=$(echo "$target" | tr '-' '_')
 if command -v rustup >/dev/null 2>&1 && rustup target list --installed 2>/dev/null | grep -qx "$target"; then
     echo "cross: rustup route for $target"
     export "CARGO_TARGET_${upper}_LINKER=${CROSS_LINKER:-$gcc}"
+    # ring compiles C and assembly: without CC_<triple> cc-rs looks for a
+    # `<triple>-gcc` that Debian and most distributions do not ship.
+    export "CC_${lower}=${CROSS_CC:-$gcc}"
     cargo build --target "$target" "$@"
 else
     echo "cross: Debian rustc-web + build-std route for $target"

@@ -17,7 +17,10 @@ PEERS="$ROOT/tests/peers"
 # Debian packages the tests need. Add names here (e.g. nginx tinyproxy
 # busybox-static openssl); apt-get update runs only when one is missing.
 # openssl: test certificates; tinyproxy: a real CONNECT proxy (tests/edge_proxy.rs, agent_edge.rs).
-APT_PACKAGES=(openssl tinyproxy)
+# ops-tests.sh: busybox (ash syntax checks, runsv where built in), runit (runsv),
+# openrc (openrc-run, supervise-daemon), qemu-user-static, curl; cross/build.sh
+# installs its own toolchain (cross/setup-debian.sh) on first use.
+APT_PACKAGES=(openssl tinyproxy busybox-static runit openrc qemu-user-static curl procps)
 
 log() { printf 'test-deps: %s\n' "$*" >&2; }
 

@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fmt;
 use std::io::Read;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -16,6 +15,7 @@ use log::LevelFilter;
 
 use super::edge::{self, EdgeConfig};
 use super::secret::{Secret, SecretSource};
+use crate::net::listen_addr::ListenAddr;
 use crate::ops::log::{parse_level, LogFormat};
 use crate::proto::channel::Channel;
 use crate::proto::timeout::parse_config_duration;
@@ -157,7 +157,7 @@ pub const HEALTH_LISTEN_ADDR: Setting = s(
     "health.listen-addr",
     "HEALTH_LISTEN_ADDR",
     Some("127.0.0.1:8080"),
-    "address for /healthz and /readyz, or off",
+    "address for /healthz, /readyz and /metrics: host:port, unix:/path, or off",
 );
 pub const LOG_LEVEL: Setting = s(
     "log.level",
@@ -166,6 +166,18 @@ pub const LOG_LEVEL: Setting = s(
     "trace, debug, info, warn, error or off",
 );
 pub const LOG_FORMAT: Setting = s("log.format", "LOG_FORMAT", Some("text"), "text or json");
+pub const LOG_FILE: Setting = s(
+    "log.file",
+    "LOG_FILE",
+    None,
+    "append logs to this file instead of stderr; reopened on SIGHUP (logrotate)",
+);
+pub const PID_FILE: Setting = s(
+    "pid-file",
+    "PID_FILE",
+    None,
+    "write the process id here once started; removed on exit",
+);
 
 pub const SETTINGS: &[&Setting] = &[
     &BASE_URL,
@@ -187,6 +199,8 @@ pub const SETTINGS: &[&Setting] = &[
     &HEALTH_LISTEN_ADDR,
     &LOG_LEVEL,
     &LOG_FORMAT,
+    &LOG_FILE,
+    &PID_FILE,
     // The network edge (agent::edge): proxies, trust, client certificates.
     &edge::HTTP_PROXY,
     &edge::CP_HTTP_PROXY,
@@ -227,9 +241,11 @@ pub struct AgentConfig {
     pub startup_wait_timeout: Duration,
     pub max_request_duration: Duration,
     pub drain_timeout: Duration,
-    pub health_listen: Option<SocketAddr>,
+    pub health_listen: Option<ListenAddr>,
     pub log_level: LevelFilter,
     pub log_format: LogFormat,
+    pub log_file: Option<PathBuf>,
+    pub pid_file: Option<PathBuf>,
     /// Proxies, extra trust and client certificates, checked.
     pub edge: EdgeConfig,
 }
@@ -443,12 +459,7 @@ fn build(l: &Layers<'_>) -> Result<AgentConfig, ConfigError> {
 
     let health_listen = match l.get(&HEALTH_LISTEN_ADDR) {
         Some(v) if v.eq_ignore_ascii_case("off") || v.is_empty() => None,
-        Some(v) => Some(v.parse::<SocketAddr>().map_err(|_| {
-            invalid(
-                &HEALTH_LISTEN_ADDR,
-                "expected host:port (an IP address) or off",
-            )
-        })?),
+        Some(v) => Some(ListenAddr::parse(&v).map_err(|why| invalid(&HEALTH_LISTEN_ADDR, why))?),
         None => None,
     };
     let log_level = parse_level(&l.get(&LOG_LEVEL).unwrap_or_default()).ok_or_else(|| {
@@ -459,6 +470,8 @@ fn build(l: &Layers<'_>) -> Result<AgentConfig, ConfigError> {
     })?;
     let log_format = LogFormat::parse(&l.get(&LOG_FORMAT).unwrap_or_default())
         .ok_or_else(|| invalid(&LOG_FORMAT, "expected text or json"))?;
+    let log_file = parse_path(l, &LOG_FILE)?;
+    let pid_file = parse_path(l, &PID_FILE)?;
     let edge = edge::build(&|s| l.get(s), &lookup, std::time::SystemTime::now())?;
 
     Ok(AgentConfig {
@@ -481,8 +494,22 @@ fn build(l: &Layers<'_>) -> Result<AgentConfig, ConfigError> {
         health_listen,
         log_level,
         log_format,
+        log_file,
+        pid_file,
         edge,
     })
+}
+
+/// An optional file path; empty means unset.
+fn parse_path(l: &Layers<'_>, setting: &Setting) -> Result<Option<PathBuf>, ConfigError> {
+    match l.get(setting) {
+        None => Ok(None),
+        Some(v) if v.is_empty() => Ok(None),
+        Some(v) if v.len() > 4096 || v.contains('\0') => {
+            Err(invalid(setting, "expected a file path"))
+        }
+        Some(v) => Ok(Some(PathBuf::from(v))),
+    }
 }
 
 /// Channels and their targets (see `targets.rs`).
@@ -773,7 +800,12 @@ mod tests {
         assert_eq!(c.drain_timeout, Duration::from_secs(30));
         assert_eq!(c.channels, vec![Channel::main()]);
         assert!(!c.explicit_channels);
-        assert_eq!(c.health_listen, Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(
+            c.health_listen,
+            Some(ListenAddr::Tcp("127.0.0.1:8080".parse().unwrap()))
+        );
+        assert_eq!(c.log_file, None);
+        assert_eq!(c.pid_file, None);
         assert_eq!(c.log_level, LevelFilter::Info);
         assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(c.api_key.expose(), "sk-env-key");
@@ -1110,6 +1142,35 @@ mod tests {
     }
 
     #[test]
+    fn health_unix_socket_log_and_pid_files() {
+        let env = env_of(&[
+            ("CONTROL_PLANE_TUNNEL_ID", "tunnel_abc"),
+            ("CONTROL_PLANE_API_KEY", "k"),
+            ("MCP_SERVER_URL", "http://127.0.0.1:9/mcp"),
+            ("LOG_FILE", "/var/log/mcp-tunnel.log"),
+        ]);
+        let c = run(
+            &[
+                "--health.listen-addr",
+                "unix:/run/mcp-tunnel/health.sock",
+                "--pid-file",
+                "/run/mcp-tunnel.pid",
+            ],
+            &env,
+        )
+        .unwrap();
+        assert_eq!(
+            c.health_listen,
+            Some(ListenAddr::Unix("/run/mcp-tunnel/health.sock".into()))
+        );
+        assert_eq!(c.log_file, Some(PathBuf::from("/var/log/mcp-tunnel.log")));
+        assert_eq!(c.pid_file, Some(PathBuf::from("/run/mcp-tunnel.pid")));
+        let c = run(&["--health.listen-addr", "off", "--log.file", ""], &env).unwrap();
+        assert_eq!(c.health_listen, None);
+        assert_eq!(c.log_file, None, "an empty flag unsets the variable");
+    }
+
+    #[test]
     fn url_path_and_base_url_normalised() {
         let env = env_of(BASE);
         let c = run(
@@ -1176,6 +1237,7 @@ mod tests {
             (&["--health.listen-addr", "localhost"], &HEALTH_LISTEN_ADDR),
             (&["--log.level", "loud"], &LOG_LEVEL),
             (&["--log.format", "xml"], &LOG_FORMAT),
+            (&["--health.listen-addr", "unix:"], &HEALTH_LISTEN_ADDR),
         ];
         for (a, setting) in cases {
             let err = run(a, &env)

@@ -3,11 +3,12 @@
 //! the long poll. Response POSTs live in `post.rs`.
 
 use std::io::Read;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::client::drain;
 use super::config::AgentConfig;
+use super::metrics::AgentMetrics;
 use super::secret::{Secret, SecretSource};
 use crate::proto::channel::Channel;
 use crate::proto::command::{decode_poll, Decoded, PollLimits};
@@ -83,6 +84,8 @@ pub struct ControlPlane {
     poll_timeout: Duration,
     poll_buf: Mutex<Vec<u8>>,
     poll_limits: PollLimits,
+    /// Counts response-post retries (the rest is counted by the loop and workers).
+    pub(crate) metrics: Arc<AgentMetrics>,
 }
 
 /// What one poll produced.
@@ -201,7 +204,14 @@ impl ControlPlane {
             poll_timeout: cfg.poll_timeout,
             poll_buf: Mutex::new(Vec::new()),
             poll_limits: PollLimits::default(),
+            metrics: Arc::new(AgentMetrics::new(&cfg.channels)),
         }
+    }
+
+    /// Shares the process's metrics (the health listener exports them).
+    pub fn with_metrics(mut self, metrics: Arc<AgentMetrics>) -> ControlPlane {
+        self.metrics = metrics;
+        self
     }
 
     pub fn tunnel_url(&self) -> &str {

@@ -5,13 +5,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::control_plane::ControlPlane;
+use super::metrics::{AgentMetrics, CommandOutcome, CommandType};
 use super::post::PostOutcome;
 use super::target::{Budget, Expect, NotifyVerdict, Outcome, Target, TargetBuffers};
 use super::target_http::json_limits;
 use crate::proto::channel::Channel;
 use crate::proto::command::{Command, CommandKind};
 use crate::proto::failure::{write_error, FailureSource, TransportErrorKind, TunnelFailure};
-use crate::proto::jsonrpc::{inspect, MessageKind};
+use crate::proto::jsonrpc::{inspect, MessageInfo, MessageKind};
 use crate::proto::response::{encode, RespType, ResponsePost};
 use crate::proto::retry::PostKind;
 use crate::proto::timeout::Deadline;
@@ -20,6 +21,8 @@ use crate::proto::timeout::Deadline;
 pub struct Job {
     pub command: Command,
     pub deadline: Option<Deadline>,
+    /// When the poll answer carrying it arrived (the latency metric's start).
+    pub receipt: Instant,
 }
 
 /// The channel → target map; a handful of entries, so a list.
@@ -45,6 +48,7 @@ pub struct WorkerCtx {
     pub targets: Arc<Targets>,
     /// Cap on an MCP exchange for commands without a deadline.
     pub max_request_duration: Duration,
+    pub metrics: Arc<AgentMetrics>,
 }
 
 /// Per-worker buffers, reused across commands.
@@ -62,14 +66,69 @@ pub enum Handled {
     ExpiredBeforeStart,
     /// The deadline passed during MCP work or before the post: nothing posted.
     ExpiredDuringWork,
-    Posted(PostOutcome),
+    /// The final answer went out; `failure` when it was a synthesized tunnel failure.
+    Posted {
+        post: PostOutcome,
+        failure: bool,
+    },
     Aborted,
 }
 
+impl Handled {
+    fn outcome(self) -> CommandOutcome {
+        match self {
+            Handled::ExpiredBeforeStart => CommandOutcome::ExpiredBeforeStart,
+            Handled::ExpiredDuringWork => CommandOutcome::Expired,
+            Handled::Aborted => CommandOutcome::Aborted,
+            Handled::Posted { post, failure } => match post {
+                PostOutcome::Delivered if failure => CommandOutcome::McpFailure,
+                PostOutcome::Delivered => CommandOutcome::Answered,
+                PostOutcome::AlreadyFulfilled => CommandOutcome::Rejected,
+                PostOutcome::Failed => CommandOutcome::PostFailed,
+                PostOutcome::DeadlineExpired => CommandOutcome::Expired,
+            },
+        }
+    }
+}
+
+/// Handles one command and counts what became of it.
 pub fn handle(job: Job, ctx: &WorkerCtx, bufs: &mut WorkerBuffers) -> Handled {
+    let _log_scope = crate::ops::log::RequestScope::enter(&job.command.request_id);
+    let receipt = job.receipt;
+    let channel = job.command.channel.clone();
+    // Inspected once here: the type is a metric label and steers the forwarding.
+    let info = match &job.command.kind {
+        CommandKind::JsonRpc { body } => inspect(body, &json_limits()).ok(),
+        CommandKind::SessionTermination => None,
+    };
+    let kind = match (&job.command.kind, info.as_ref().map(|i| &i.kind)) {
+        (CommandKind::SessionTermination, _) => CommandType::SessionTermination,
+        (_, Some(MessageKind::Notification)) => CommandType::Notification,
+        (_, Some(MessageKind::Response | MessageKind::Error)) => CommandType::Response,
+        _ => CommandType::Request,
+    };
+    let handled = handle_command(job, info, ctx, bufs);
+    let outcome = handled.outcome();
+    ctx.metrics.command(&channel, kind, outcome);
+    if matches!(
+        outcome,
+        CommandOutcome::Answered | CommandOutcome::McpFailure
+    ) {
+        ctx.metrics.answered_after(&channel, receipt.elapsed());
+    }
+    handled
+}
+
+fn handle_command(
+    job: Job,
+    info: Option<MessageInfo>,
+    ctx: &WorkerCtx,
+    bufs: &mut WorkerBuffers,
+) -> Handled {
     let Job {
         command: cmd,
         deadline,
+        ..
     } = job;
     if deadline.is_some_and(|d| d.is_expired(Instant::now())) {
         log::info!(
@@ -88,7 +147,9 @@ pub fn handle(job: Job, ctx: &WorkerCtx, bufs: &mut WorkerBuffers) -> Handled {
         synth,
     } = bufs;
     let handled = match &cmd.kind {
-        CommandKind::JsonRpc { body } => forward_jsonrpc(&cmd, body, budget, ctx, tb, post, synth),
+        CommandKind::JsonRpc { body } => {
+            forward_jsonrpc(&cmd, body, info, budget, ctx, tb, post, synth)
+        }
         CommandKind::SessionTermination => {
             let outcome = match ctx.targets.get(&cmd.channel) {
                 Some(Target::Http(t)) => t.terminate_session(&cmd.headers, budget),
@@ -125,16 +186,17 @@ fn unknown_channel(cmd: &Command) -> Outcome {
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn forward_jsonrpc(
     cmd: &Command,
     body: &[u8],
+    info: Option<MessageInfo>,
     budget: Budget,
     ctx: &WorkerCtx,
     tb: &mut TargetBuffers,
     post: &mut Vec<u8>,
     synth: &mut Vec<u8>,
 ) -> Handled {
-    let info = inspect(body, &json_limits()).ok();
     let id: Option<Vec<u8>> = info
         .as_ref()
         .and_then(|i| i.id.clone())
@@ -282,6 +344,7 @@ fn finish(
                 );
                 return Handled::ExpiredDuringWork;
             }
+            ctx.metrics.mcp_failure(f.source);
             log::warn!(
                 "command {}: MCP exchange failed (source {}{})",
                 cmd.request_id,
@@ -308,6 +371,7 @@ fn finish(
         }
     };
     let resp_code = answer.resp_code;
+    let failure = matches!(outcome, Outcome::Failure(_));
     encode(&answer, post);
     let result = ctx.cp.post_response(
         &cmd.shard_token,
@@ -328,5 +392,8 @@ fn finish(
         ),
         PostOutcome::Failed => {}
     }
-    Handled::Posted(result)
+    Handled::Posted {
+        post: result,
+        failure,
+    }
 }

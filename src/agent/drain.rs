@@ -59,6 +59,7 @@ pub async fn drain(
                     log::info!(
                         "a poll returned {count} command(s) during the drain; processing them"
                     );
+                    // Counted (poll outcome, queued) on the poll thread.
                     overflow.extend(rest);
                 }
             }

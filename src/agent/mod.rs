@@ -15,6 +15,7 @@ pub mod drain;
 pub mod edge;
 pub mod health;
 pub mod lane;
+pub mod metrics;
 pub mod poller;
 pub mod post;
 pub mod random;
@@ -44,7 +45,21 @@ pub fn cli_main(args: Vec<OsString>) -> i32 {
             return 2;
         }
     };
-    crate::ops::log::init(cfg.log_level, cfg.log_format);
+    match &cfg.log_file {
+        Some(path) => {
+            if let Err(e) = crate::ops::log::init_file(cfg.log_level, cfg.log_format, path) {
+                eprintln!(
+                    "mcp-tunnel agent: invalid value for --{} ({}): cannot open {}: {}",
+                    config::LOG_FILE.flag,
+                    config::LOG_FILE.env,
+                    path.display(),
+                    e.kind()
+                );
+                return 2;
+            }
+        }
+        None => crate::ops::log::init(cfg.log_level, cfg.log_format),
+    }
     let shutdown = crate::ops::shutdown::Shutdown::new();
     runtime::run(
         *cfg,

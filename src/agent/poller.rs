@@ -11,6 +11,7 @@ use smol::future;
 use super::control_plane::{ControlPlane, PollFailure, PollResult};
 use super::dispatch::Job;
 use super::lane::Lane;
+use super::metrics::{AgentMetrics, PollOutcome, RetryKind};
 use super::random;
 use super::readiness::Readiness;
 use super::workers::Workers;
@@ -58,9 +59,13 @@ pub enum Polled {
 pub fn poll_and_queue(cp: &ControlPlane, workers: &Workers, limit: usize) -> Polled {
     match cp.poll(limit) {
         PollResult::Batch { receipt, commands } => {
+            // Counted here, before any worker can take (and finish) a command
+            // of the batch: a scrape never sees its commands before its poll.
+            let metrics = workers.metrics();
+            metrics.poll(PollOutcome::Commands);
             let count = commands.len();
             let mut rest = VecDeque::with_capacity(count);
-            accept(receipt, commands, &mut rest);
+            accept(receipt, commands, &mut rest, metrics);
             workers.feed(&mut rest);
             Polled::Queued { count, rest }
         }
@@ -118,6 +123,7 @@ impl Poller<'_> {
                 Wake::Value(Err(_)) => return LoopEnd::Terminal("the poll thread stopped".into()),
             };
             let result = match result {
+                // Counted (poll outcome, queued commands) on the poll thread.
                 Polled::Queued { rest, .. } => {
                     self.recovered(&mut last_problem);
                     overflow.extend(rest);
@@ -132,10 +138,12 @@ impl Poller<'_> {
                     continue;
                 }
                 PollResult::Idle => {
+                    self.workers.metrics().poll(PollOutcome::Empty);
                     self.recovered(&mut last_problem);
                     continue;
                 }
                 PollResult::Failed(PollFailure::NotFound { code }) => {
+                    self.workers.metrics().poll(PollOutcome::NotFound);
                     return LoopEnd::Terminal(PollFailure::NotFound { code }.to_string());
                 }
                 PollResult::Failed(f) => self.failed(f, &mut last_problem),
@@ -157,6 +165,17 @@ impl Poller<'_> {
 
     /// Logs a problem once per change (not per poll) and picks the wait.
     fn failed(&mut self, f: PollFailure, last_problem: &mut Option<String>) -> Duration {
+        let metrics = self.workers.metrics();
+        metrics.poll(match &f {
+            PollFailure::Network(_) => PollOutcome::NetworkError,
+            PollFailure::Edge(_) => PollOutcome::EdgeError,
+            PollFailure::Status { .. } => PollOutcome::HttpError,
+            PollFailure::Auth { .. } => PollOutcome::Rejected,
+            PollFailure::NotFound { .. } => PollOutcome::NotFound,
+            PollFailure::Body(_) => PollOutcome::InvalidBody,
+        });
+        // Every failed poll (except 404, which ends the loop) waits and polls again.
+        metrics.retry(RetryKind::Poll);
         let text = f.to_string();
         let changed = last_problem.as_deref() != Some(text.as_str());
         match &f {
@@ -208,7 +227,12 @@ impl Poller<'_> {
 
 /// Turns a batch into jobs (all of them, even beyond the limit asked for);
 /// skipped entries are logged with their request id.
-pub fn accept(receipt: Instant, commands: Vec<Decoded>, out: &mut VecDeque<Job>) {
+pub fn accept(
+    receipt: Instant,
+    commands: Vec<Decoded>,
+    out: &mut VecDeque<Job>,
+    metrics: &AgentMetrics,
+) {
     for d in commands {
         match d {
             Decoded::Command(command) => {
@@ -218,7 +242,12 @@ pub fn accept(receipt: Instant, commands: Vec<Decoded>, out: &mut VecDeque<Job>)
                 let deadline = command
                     .response_timeout
                     .map(|t| Deadline::after(receipt, t));
-                out.push_back(Job { command, deadline });
+                metrics.queued();
+                out.push_back(Job {
+                    command,
+                    deadline,
+                    receipt,
+                });
             }
             Decoded::Skipped { request_id, reason } => {
                 log::warn!(

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::client::drain;
 use super::control_plane::{read_error_code, ControlPlane};
+use super::metrics::RetryKind;
 use super::random;
 use crate::proto::command::ShardToken;
 use crate::proto::retry::{
@@ -122,6 +123,10 @@ impl ControlPlane {
                             return PostOutcome::DeadlineExpired;
                         }
                     }
+                    self.metrics.retry(match kind {
+                        PostKind::Final => RetryKind::FinalPost,
+                        PostKind::Notify => RetryKind::NotifyPost,
+                    });
                     std::thread::sleep(delay);
                 }
             }

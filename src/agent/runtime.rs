@@ -12,6 +12,7 @@ use super::config::{AgentConfig, TargetSpec};
 use super::control_plane::{ControlPlane, CLIENT_NAME, CLIENT_VERSION};
 use super::dispatch::{Targets, WorkerCtx};
 use super::lane::Lane;
+use super::metrics::AgentMetrics;
 use super::poller::{LoopEnd, Poller};
 use super::random;
 use super::readiness::Readiness;
@@ -20,6 +21,8 @@ use super::target::Target;
 use super::target_http::HttpTarget;
 use super::target_stdio::{StdioTarget, StopGrace};
 use super::workers::{PoolSpec, Workers};
+use crate::net::listen_addr;
+use crate::ops::pidfile::PidFile;
 use crate::ops::shutdown::Shutdown;
 use crate::proto::channel::Channel;
 use crate::proto::command::Header;
@@ -69,17 +72,23 @@ async fn run_async(
     ex: Rc<LocalExecutor<'static>>,
 ) -> i32 {
     let readiness = opts.readiness.clone().unwrap_or_default();
-    if let Some(addr) = cfg.health_listen {
-        match super::health::bind(addr) {
-            Ok(listener) => {
+    let metrics = Arc::new(AgentMetrics::new(&cfg.channels));
+    // A unix socket's file is removed when this returns.
+    let mut _health_socket = None;
+    if let Some(addr) = &cfg.health_listen {
+        match listen_addr::bind(addr) {
+            Ok((listener, socket_file)) => {
+                _health_socket = socket_file;
+                let local = listener.local();
                 ex.spawn(super::health::serve(
                     listener,
                     readiness.clone(),
+                    metrics.clone(),
                     ex.clone(),
                     shutdown.clone(),
                 ))
                 .detach();
-                log::info!("health endpoints on http://{addr}/healthz and /readyz");
+                log::info!("health endpoints /healthz, /readyz and /metrics on {local}");
             }
             Err(e) => {
                 log::error!(
@@ -133,18 +142,21 @@ async fn run_async(
         super::edge::clients(&cfg.edge, &cfg.base_url),
         &http_edges,
     );
-    let cp = Arc::new(ControlPlane::new(
-        &cfg,
-        cp_agent,
-        random::instance_id(),
-        server_info,
-    ));
+    let cp = Arc::new(
+        ControlPlane::new(&cfg, cp_agent, random::instance_id(), server_info)
+            .with_metrics(metrics.clone()),
+    );
     if opts.signals {
         let s = shutdown.clone();
         let cp_hup = cp.clone();
         ex.spawn(async move {
-            // SIGHUP re-reads a key file (as a 401 does).
+            // SIGHUP reopens the log file (logrotate) and re-reads a key file (as a 401 does).
             let on_hup = move || {
+                match crate::ops::log::reopen() {
+                    Ok(true) => log::info!("log file reopened"),
+                    Ok(false) => {}
+                    Err(e) => log::warn!("cannot reopen --log.file (LOG_FILE): {e}"),
+                }
                 cp_hup.key.reload();
             };
             if let Err(e) = crate::ops::shutdown::watch_signals(s, on_hup).await {
@@ -161,7 +173,7 @@ async fn run_async(
         cfg.max_inflight,
         cfg.max_concurrent
     );
-    let built = match build_targets(&cfg, mcp_agents, &readiness) {
+    let built = match build_targets(&cfg, mcp_agents, &readiness, &metrics) {
         Ok(b) => b,
         Err(e) => {
             log::error!("{e}");
@@ -194,6 +206,17 @@ async fn run_async(
             Startup::Failed => return EXIT_FAILURE,
         }
     }
+    // Written once the checks passed; dropped (removed) whenever this returns.
+    let _pid_file = match &cfg.pid_file {
+        Some(path) => match PidFile::write(path) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                log::error!("cannot write --pid-file (PID_FILE) {}: {e}", path.display());
+                return EXIT_FAILURE;
+            }
+        },
+        None => None,
+    };
     if cfg.health_listen.is_some() {
         startup::spawn_readiness_probe(&ex, built.all.clone(), readiness.clone(), shutdown.clone());
     }
@@ -202,6 +225,7 @@ async fn run_async(
         cp: cp.clone(),
         targets,
         max_request_duration: cfg.max_request_duration,
+        metrics,
     });
     let workers = match Workers::start(built.pools, cfg.max_inflight, ctx) {
         Ok(w) => Arc::new(w),
@@ -253,6 +277,7 @@ fn build_targets(
     cfg: &AgentConfig,
     mcp_agents: Vec<ureq::Agent>,
     readiness: &Arc<Readiness>,
+    metrics: &Arc<AgentMetrics>,
 ) -> Result<Built, String> {
     let mut agents = mcp_agents.into_iter();
     let mut built = Built {
@@ -310,6 +335,7 @@ fn build_targets(
                     argv.clone(),
                     readiness.clone(),
                     StopGrace::default(),
+                    metrics.clone(),
                 )
                 .map_err(|e| format!("cannot start the supervisor for channel {first}: {e}"))?;
                 Target::Stdio(st)

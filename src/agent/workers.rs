@@ -18,6 +18,7 @@ use std::sync::Arc;
 use smol::channel::{bounded, Receiver, Sender};
 
 use super::dispatch::{handle, Job, WorkerBuffers, WorkerCtx};
+use super::metrics::AgentMetrics;
 use crate::proto::channel::Channel;
 
 /// Stack of a worker or lane thread. A command's deepest path (ureq, rustls,
@@ -117,7 +118,9 @@ impl Workers {
                 let mut bufs = WorkerBuffers::default();
                 while let Ok(job) = rx.recv_blocking() {
                     idle.fetch_sub(1, Ordering::AcqRel);
+                    ctx.metrics.started();
                     handle(job, &ctx, &mut bufs);
+                    ctx.metrics.finished();
                     inflight.fetch_sub(1, Ordering::AcqRel);
                     idle.fetch_add(1, Ordering::AcqRel);
                     let _ = done_tx.try_send(());
@@ -150,6 +153,10 @@ impl Workers {
                 }
             }
         }
+    }
+
+    pub fn metrics(&self) -> &AgentMetrics {
+        &self.ctx.metrics
     }
 
     pub fn inflight(&self) -> usize {

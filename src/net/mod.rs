@@ -3,6 +3,8 @@
 pub mod cert_names;
 pub mod der;
 pub mod http_server;
+#[cfg(unix)]
+pub mod listen_addr;
 pub mod proxy;
 pub mod tls_client;
 

@@ -1,7 +1,13 @@
-//! Process logging: text lines or JSON lines on stderr, one event per line.
+//! Process logging: text lines or JSON lines, one event per line, on stderr or
+//! appended to a file that SIGHUP reopens (for logrotate). JSON lines written
+//! while a worker handles a command carry its `request_id`.
 
+use std::cell::RefCell;
 use std::fmt::Write as _;
-use std::io::Write as _;
+use std::fs::File;
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::LevelFilter;
@@ -39,23 +45,110 @@ pub fn parse_level(s: &str) -> Option<LevelFilter> {
 /// `debug` run shows our own events without theirs.
 const NOISY: &[&str] = &["ureq", "ureq_proto", "rustls", "async_io", "polling"];
 
-/// Installs the global logger. A second call (tests) is harmless and ignored.
+/// Installs the global logger on stderr. A second call (tests) is harmless and ignored.
 pub fn init(level: LevelFilter, format: LogFormat) {
+    install(level, format, None);
+}
+
+/// Installs the global logger appending to `path` (created with mode 0640 if
+/// missing). Fails only when the file cannot be opened; [`reopen`] later opens
+/// the same path again.
+pub fn init_file(level: LevelFilter, format: LogFormat, path: &Path) -> io::Result<()> {
+    let file = Arc::new(LogFile {
+        path: path.to_path_buf(),
+        file: Mutex::new(open_append(path)?),
+    });
+    let _ = LOG_FILE.set(file.clone());
+    install(level, format, Some(file));
+    Ok(())
+}
+
+/// The log file of this process, for [`reopen`].
+static LOG_FILE: OnceLock<Arc<LogFile>> = OnceLock::new();
+
+struct LogFile {
+    path: PathBuf,
+    file: Mutex<File>,
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .open(path)
+}
+
+/// After logrotate renamed the file: open the path again and write there. On
+/// failure the old file stays in use (nothing is lost) and the error is returned.
+/// `Ok(false)`: logs go to stderr, nothing to reopen.
+pub fn reopen() -> io::Result<bool> {
+    let Some(lf) = LOG_FILE.get() else {
+        return Ok(false);
+    };
+    let fresh = open_append(&lf.path)?;
+    *lf.file.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
+    Ok(true)
+}
+
+/// The `Write` end env_logger gets: each record is one `write_all` under the lock.
+struct FileWriter(Arc<LogFile>);
+
+impl io::Write for FileWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut f = self.0.file.lock().unwrap_or_else(|e| e.into_inner());
+        f.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+thread_local! {
+    static REQUEST_ID: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// While alive, JSON log lines from this thread carry `request_id`.
+pub struct RequestScope(());
+
+impl RequestScope {
+    pub fn enter(request_id: &str) -> RequestScope {
+        REQUEST_ID.with(|r| *r.borrow_mut() = Some(request_id.to_string()));
+        RequestScope(())
+    }
+}
+
+impl Drop for RequestScope {
+    fn drop(&mut self) {
+        REQUEST_ID.with(|r| *r.borrow_mut() = None);
+    }
+}
+
+fn install(level: LevelFilter, format: LogFormat, file: Option<Arc<LogFile>>) {
     let mut builder = env_logger::Builder::new();
+    if let Some(f) = file {
+        builder.target(env_logger::Target::Pipe(Box::new(FileWriter(f))));
+    }
     builder.filter_level(level);
     for module in NOISY {
         builder.filter_module(module, level.min(LevelFilter::Info));
     }
     builder.format(move |buf, record| {
         let mut line = String::with_capacity(128);
-        format_record(
-            &mut line,
-            format,
-            SystemTime::now(),
-            record.level(),
-            record.target(),
-            record.args(),
-        );
+        REQUEST_ID.with(|id| {
+            format_record(
+                &mut line,
+                format,
+                SystemTime::now(),
+                record.level(),
+                record.target(),
+                id.borrow().as_deref(),
+                record.args(),
+            )
+        });
         buf.write_all(line.as_bytes())
     });
     let _ = builder.try_init();
@@ -69,6 +162,7 @@ pub fn format_record(
     now: SystemTime,
     level: log::Level,
     target: &str,
+    request_id: Option<&str>,
     args: &std::fmt::Arguments<'_>,
 ) {
     let mut msg = String::new();
@@ -95,6 +189,10 @@ pub fn format_record(
             out.push_str(&level.as_str().to_ascii_lowercase());
             out.push_str("\",\"target\":");
             json_string(out, target);
+            if let Some(id) = request_id {
+                out.push_str(",\"request_id\":");
+                json_string(out, id);
+            }
             out.push_str(",\"msg\":");
             json_string(out, &msg);
             out.push('}');
@@ -158,6 +256,10 @@ mod tests {
     use std::time::Duration;
 
     fn render(format: LogFormat, msg: &str) -> String {
+        render_with(format, None, msg)
+    }
+
+    fn render_with(format: LogFormat, request_id: Option<&str>, msg: &str) -> String {
         let mut out = String::new();
         let t = UNIX_EPOCH + Duration::from_millis(1_795_779_600_123);
         format_record(
@@ -166,6 +268,7 @@ mod tests {
             t,
             log::Level::Warn,
             "mcp_tunnel::x",
+            request_id,
             &format_args!("{msg}"),
         );
         out
@@ -197,6 +300,30 @@ mod tests {
         assert!(line.contains("\"level\":\"warn\""));
         assert!(line.contains("\"target\":\"mcp_tunnel::x\""));
         assert!(line.contains("\"msg\":\"say \\\"hi\\\"\\n\\\\ \\u0001\"}"));
+    }
+
+    #[test]
+    fn json_carries_the_request_id_escaped() {
+        let line = render_with(LogFormat::Json, Some("req\"1\n"), "hi");
+        assert!(
+            line.contains(
+                "\"target\":\"mcp_tunnel::x\",\"request_id\":\"req\\\"1\\n\",\"msg\":\"hi\"}"
+            ),
+            "{line}"
+        );
+        assert_eq!(line.matches('\n').count(), 1);
+    }
+
+    #[test]
+    fn request_scope_is_per_thread_and_ends_on_drop() {
+        let get = || REQUEST_ID.with(|r| r.borrow().clone());
+        {
+            let _s = RequestScope::enter("req_1");
+            assert_eq!(get().as_deref(), Some("req_1"));
+            let other = std::thread::spawn(move || REQUEST_ID.with(|r| r.borrow().clone()));
+            assert_eq!(other.join().unwrap(), None);
+        }
+        assert_eq!(get(), None);
     }
 
     #[test]

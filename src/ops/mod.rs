@@ -1,5 +1,6 @@
 //! Operations: logging, health, metrics.
 
 pub mod log;
+pub mod pidfile;
 pub mod prom;
 pub mod shutdown;

@@ -19,6 +19,7 @@ use super::state::{
     Tunnel, MAX_CERT_NAMES, MAX_CERT_NAME_LEN,
 };
 use super::timestamp::rfc3339;
+use crate::net::listen_addr::ListenAddr;
 use crate::ops::log::{parse_level, LogFormat};
 
 /// Environment fallback for `--state`.
@@ -107,9 +108,14 @@ usage: mcp-tunnel relay serve --state DIR --listen ADDR [options]
   --drain-timeout DUR        on SIGTERM, time for in-flight requests (default 10s)
   --log-level LEVEL          trace, debug, info, warn, error, off (default info)
   --log-format FORMAT        text or json (default text)
+  --log-file PATH            append logs here instead of stderr (reopened on SIGHUP)
+  --metrics-listen ADDR      serve /metrics on a separate listener: IP:PORT or unix:/path
+                             (default off; off loopback only with --insecure-http)
+  --pid-file PATH            write the process id once listening; removed on exit
 
 Prints `listening on ADDR` once ready. SIGHUP reloads the state at once
-(it is also reloaded within 500 ms of any change).";
+(it is also reloaded within 500 ms of any change) and reopens the log and
+audit files. SIGTERM/SIGINT drain; a second one exits at once.";
 
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
@@ -134,6 +140,10 @@ pub struct ServeConfig {
     pub drain_timeout: Duration,
     pub log_level: log::LevelFilter,
     pub log_format: LogFormat,
+    pub log_file: Option<PathBuf>,
+    /// A separate plain-HTTP listener for `/metrics` (never the public one).
+    pub metrics_listen: Option<ListenAddr>,
+    pub pid_file: Option<PathBuf>,
 }
 
 impl ServeConfig {
@@ -158,6 +168,9 @@ impl ServeConfig {
             drain_timeout: Duration::from_secs(10),
             log_level: log::LevelFilter::Info,
             log_format: LogFormat::Text,
+            log_file: None,
+            metrics_listen: None,
+            pid_file: None,
         }
     }
 }
@@ -947,6 +960,15 @@ fn serve(p: &mut lexopt::Parser, out: &mut dyn Write) -> Run {
                     Usage(format!("--log-format: expected text or json, got {v:?}"))
                 })?;
             }
+            Long("log-file") => cfg.log_file = Some(PathBuf::from(p.value()?)),
+            Long("pid-file") => cfg.pid_file = Some(PathBuf::from(p.value()?)),
+            Long("metrics-listen") => {
+                let v = string_value(p, "metrics-listen")?;
+                cfg.metrics_listen = Some(
+                    ListenAddr::parse(&v)
+                        .map_err(|why| Usage(format!("--metrics-listen: {why}, got {v:?}")))?,
+                );
+            }
             Long("help") | Short('h') => return Ok(Ok(Outcome::Help(SERVE_USAGE))),
             other => return Err(Usage(format!("serve: unexpected {}", describe(&other)))),
         }
@@ -963,6 +985,13 @@ fn serve(p: &mut lexopt::Parser, out: &mut dyn Write) -> Run {
             )))
         }
         _ => {}
+    }
+    if let Some(ListenAddr::Tcp(a)) = &cfg.metrics_listen {
+        if !a.ip().is_loopback() && !cfg.insecure_http {
+            return Err(Usage(format!(
+                "--metrics-listen {a}: metrics only on loopback or a unix socket; add --insecure-http to expose them"
+            )));
+        }
     }
     if cfg.client_ca.is_some() && cfg.tls_cert.is_none() {
         return Err(Usage(
@@ -1035,6 +1064,24 @@ mod tests {
             &["serve", "--state", "/x", "--listen", "0.0.0.0:1"],
             &["serve", "--state", "/x", "--listen", l, "--max-body", "-1"],
             &["serve", "--state", "/x", "--listen", l, "--tls-cert", "c"],
+            &[
+                "serve",
+                "--state",
+                "/x",
+                "--listen",
+                l,
+                "--metrics-listen",
+                "0.0.0.0:9",
+            ],
+            &[
+                "serve",
+                "--state",
+                "/x",
+                "--listen",
+                l,
+                "--metrics-listen",
+                "unix:",
+            ],
             &[
                 "serve",
                 "--state",

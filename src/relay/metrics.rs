@@ -1,39 +1,20 @@
-//! Counters the relay keeps for the metrics endpoint (exported elsewhere).
+//! Counters the relay keeps, and their Prometheus exposition (served by
+//! `--metrics-listen`, see server.rs).
 //!
 //! Single-threaded relay, so plain `Cell`/`RefCell`. Gauges that live in the
 //! queues (connected agents, depth) are read from there at export time.
+//! Label values: endpoints and error codes are `'static` names the relay
+//! itself chose, statuses are the few it answers with, and tunnel ids are
+//! admin-created (queues exist only for tunnels of the state), so the number of
+//! series stays bounded whatever clients send.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-/// Upper bounds (seconds) of the connector latency histogram buckets.
-pub const LATENCY_BUCKETS: [f64; 12] = [
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0,
-];
+use crate::ops::prom::{Exposition, Histogram, Kind};
 
-#[derive(Default)]
-pub struct Histogram {
-    /// Cumulative counts per bucket of [`LATENCY_BUCKETS`], then +Inf.
-    pub buckets: RefCell<[u64; LATENCY_BUCKETS.len() + 1]>,
-    pub sum_seconds: Cell<f64>,
-    pub count: Cell<u64>,
-}
-
-impl Histogram {
-    pub fn observe(&self, d: Duration) {
-        let s = d.as_secs_f64();
-        let mut b = self.buckets.borrow_mut();
-        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
-            if s <= *bound {
-                b[i] += 1;
-            }
-        }
-        b[LATENCY_BUCKETS.len()] += 1;
-        self.sum_seconds.set(self.sum_seconds.get() + s);
-        self.count.set(self.count.get() + 1);
-    }
-}
+/// A per-tunnel gauge: name, help and how to read it.
+type PerTunnel = (&'static str, &'static str, fn(&TunnelGauges) -> usize);
 
 /// Where a counted request came in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -57,7 +38,6 @@ impl Endpoint {
     }
 }
 
-#[derive(Default)]
 pub struct Metrics {
     /// (endpoint, status, error code or "") → count.
     pub requests: RefCell<BTreeMap<(Endpoint, u16, &'static str), u64>>,
@@ -67,6 +47,20 @@ pub struct Metrics {
     pub notifications_streamed: Cell<u64>,
     pub state_reloads: Cell<u64>,
     pub state_reload_errors: Cell<u64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: RefCell::default(),
+            connector_latency: Histogram::latency(),
+            commands_enqueued: Cell::default(),
+            commands_delivered: Cell::default(),
+            notifications_streamed: Cell::default(),
+            state_reloads: Cell::default(),
+            state_reload_errors: Cell::default(),
+        }
+    }
 }
 
 impl Metrics {
@@ -80,6 +74,100 @@ impl Metrics {
 
     pub fn add(cell: &Cell<u64>, n: u64) {
         cell.set(cell.get().saturating_add(n));
+    }
+
+    /// The whole exposition document into `out` (cleared first).
+    pub fn render(&self, gauges: &[TunnelGauges], out: &mut String) {
+        let mut e = Exposition::new(out);
+        e.family(
+            "mcp_tunnel_build_info",
+            Kind::Gauge,
+            "Build of this process (always 1).",
+        )
+        .sample(
+            "mcp_tunnel_build_info",
+            &[("version", crate::cli::VERSION), ("role", "relay")],
+            1.0,
+        );
+        let per_tunnel: [PerTunnel; 3] = [
+            (
+                "mcp_tunnel_relay_connected_agents",
+                "Agent instances that polled this tunnel within --agent-liveness.",
+                |g| g.connected_agents,
+            ),
+            (
+                "mcp_tunnel_relay_queue_depth",
+                "Commands waiting for an agent to poll them.",
+                |g| g.queue_depth,
+            ),
+            (
+                "mcp_tunnel_relay_commands_in_flight",
+                "Commands handed to an agent and not answered yet.",
+                |g| g.in_flight,
+            ),
+        ];
+        for (name, help, value) in per_tunnel {
+            e.family(name, Kind::Gauge, help);
+            for g in gauges {
+                e.sample(name, &[("tunnel", &g.tunnel_id)], value(g) as f64);
+            }
+        }
+        let name = "mcp_tunnel_relay_requests_total";
+        e.family(
+            name,
+            Kind::Counter,
+            "HTTP requests by endpoint, status and error code (empty when none).",
+        );
+        for ((endpoint, status, code), n) in self.requests.borrow().iter() {
+            let status = status.to_string();
+            e.sample(
+                name,
+                &[
+                    ("endpoint", endpoint.as_str()),
+                    ("status", &status),
+                    ("code", code),
+                ],
+                *n as f64,
+            );
+        }
+        let name = "mcp_tunnel_relay_request_duration_seconds";
+        e.family(
+            name,
+            Kind::Histogram,
+            "MCP endpoint requests: arrival to the answer from the agent (or the error).",
+        )
+        .histogram(name, &[], &self.connector_latency);
+        let counters: [(&str, &str, &Cell<u64>); 5] = [
+            (
+                "mcp_tunnel_relay_commands_enqueued_total",
+                "Commands queued for agents.",
+                &self.commands_enqueued,
+            ),
+            (
+                "mcp_tunnel_relay_commands_delivered_total",
+                "Commands handed to agents by polls.",
+                &self.commands_delivered,
+            ),
+            (
+                "mcp_tunnel_relay_notifications_streamed_total",
+                "Notifications streamed to MCP clients.",
+                &self.notifications_streamed,
+            ),
+            (
+                "mcp_tunnel_relay_state_reloads_total",
+                "State file reloads.",
+                &self.state_reloads,
+            ),
+            (
+                "mcp_tunnel_relay_state_reload_errors_total",
+                "State file reloads that failed (the previous state stays).",
+                &self.state_reload_errors,
+            ),
+        ];
+        for (name, help, cell) in counters {
+            e.family(name, Kind::Counter, help)
+                .sample(name, &[], cell.get() as f64);
+        }
     }
 }
 
@@ -97,16 +185,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn histogram_is_cumulative() {
-        let h = Histogram::default();
-        h.observe(Duration::from_millis(7));
-        h.observe(Duration::from_secs(100));
-        let b = h.buckets.borrow();
-        assert_eq!(b[0], 0);
-        assert_eq!(b[1], 1);
-        assert_eq!(b[LATENCY_BUCKETS.len() - 1], 1);
-        assert_eq!(b[LATENCY_BUCKETS.len()], 2);
-        assert_eq!(h.count.get(), 2);
+    fn renders_every_family_with_bounded_labels() {
+        let m = Metrics::default();
+        m.count(Endpoint::Connector, 503, "tunnel_queue_full");
+        m.count(Endpoint::Poll, 204, "");
+        m.connector_latency
+            .observe(std::time::Duration::from_millis(7));
+        Metrics::add(&m.commands_enqueued, 2);
+        let gauges = [TunnelGauges {
+            tunnel_id: "tunnel_a".into(),
+            connected_agents: 1,
+            queue_depth: 3,
+            in_flight: 2,
+        }];
+        let mut doc = String::new();
+        m.render(&gauges, &mut doc);
+        for line in [
+            "mcp_tunnel_relay_connected_agents{tunnel=\"tunnel_a\"} 1\n",
+            "mcp_tunnel_relay_queue_depth{tunnel=\"tunnel_a\"} 3\n",
+            "mcp_tunnel_relay_commands_in_flight{tunnel=\"tunnel_a\"} 2\n",
+            "mcp_tunnel_relay_requests_total{endpoint=\"connector\",status=\"503\",code=\"tunnel_queue_full\"} 1\n",
+            "mcp_tunnel_relay_requests_total{endpoint=\"poll\",status=\"204\",code=\"\"} 1\n",
+            "mcp_tunnel_relay_request_duration_seconds_count 1\n",
+            "mcp_tunnel_relay_commands_enqueued_total 2\n",
+            "mcp_tunnel_relay_state_reload_errors_total 0\n",
+            "# TYPE mcp_tunnel_relay_request_duration_seconds histogram\n",
+        ] {
+            assert!(doc.contains(line), "{line} in\n{doc}");
+        }
+        assert!(doc.contains("role=\"relay\""));
     }
 
     #[test]

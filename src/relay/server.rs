@@ -23,7 +23,9 @@ use super::metrics::{Endpoint, Metrics};
 use super::queue::QueueConfig;
 use super::state::{Role, State, StateDir, Watcher};
 use crate::net::http_server::{self, Handler, Limits, Request, Response};
+use crate::net::listen_addr::{self, Listener, SocketFile};
 use crate::net::tls_listener::{self, ClientAuth};
+use crate::ops::pidfile::PidFile;
 use crate::ops::shutdown::{self, Shutdown};
 
 /// How often the state file's metadata is checked (revocations apply within this).
@@ -112,10 +114,32 @@ impl std::fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
+/// `/metrics` on the separate metrics listener; nothing else is served there.
+fn metrics_response(hub: &Hub, req: &Request) -> Response {
+    if req.method != http::Method::GET && req.method != http::Method::HEAD {
+        return error_response(405, "method_not_allowed", "use GET").with_header("Allow", "GET");
+    }
+    if req.uri.path() != "/metrics" {
+        return error_response(404, "not_found", "try /metrics");
+    }
+    let mut doc = String::with_capacity(8 * 1024);
+    hub.metrics.render(&hub.gauges(Instant::now()), &mut doc);
+    Response {
+        status: 200,
+        headers: vec![(
+            "content-type".into(),
+            "text/plain; version=0.0.4; charset=utf-8".into(),
+        )],
+        body: http_server::Body::Bytes(doc.into_bytes()),
+    }
+}
+
 /// A relay bound to its address, not yet serving.
 pub struct Server {
     cfg: ServeConfig,
     listener: TcpListener,
+    /// `--metrics-listen`; a unix socket's file is removed when the server is dropped.
+    metrics: Option<(Listener, Option<SocketFile>)>,
     watcher: Watcher,
     hub: Rc<Hub>,
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -160,6 +184,13 @@ impl Server {
         }
         let listener = TcpListener::bind(cfg.listen)
             .map_err(|e| StartError(format!("--listen {}: cannot listen: {e}", cfg.listen)))?;
+        let metrics = match &cfg.metrics_listen {
+            Some(a) => Some(
+                listen_addr::bind(a)
+                    .map_err(|e| StartError(format!("--metrics-listen {a}: cannot listen: {e}")))?,
+            ),
+            None => None,
+        };
         let settings = Settings {
             queue: QueueConfig {
                 capacity: cfg.queue_size,
@@ -175,6 +206,7 @@ impl Server {
         Ok(Server {
             cfg,
             listener,
+            metrics,
             watcher,
             hub,
             tls,
@@ -187,6 +219,11 @@ impl Server {
             .map_err(|e| StartError(format!("--listen: {e}")))
     }
 
+    /// Where `/metrics` is served (the real port when 0 was asked for).
+    pub fn metrics_addr(&self) -> Option<String> {
+        self.metrics.as_ref().map(|(l, _)| l.local())
+    }
+
     pub fn hub(&self) -> Rc<Hub> {
         self.hub.clone()
     }
@@ -197,6 +234,7 @@ impl Server {
         let Server {
             cfg,
             listener,
+            metrics,
             mut watcher,
             hub,
             tls,
@@ -232,6 +270,11 @@ impl Server {
                 .await;
                 if forced {
                     h.audit.reopen();
+                    match crate::ops::log::reopen() {
+                        Ok(true) => log::info!("log file reopened"),
+                        Ok(false) => {}
+                        Err(e) => log::warn!("cannot reopen --log-file: {e}"),
+                    }
                 }
                 reload(&h, &mut watcher, forced);
                 h.sweep(Instant::now());
@@ -245,6 +288,30 @@ impl Server {
             h.close();
         })
         .detach();
+        // Kept until the end of `run`: dropping it removes a unix socket file.
+        let mut _metrics_socket = None;
+        if let Some((metrics_listener, socket_file)) = metrics {
+            _metrics_socket = socket_file;
+            let h = hub.clone();
+            let handler: Rc<dyn Handler> = Rc::new(move |req: Request| {
+                let resp = metrics_response(&h, &req);
+                async move { resp }
+            });
+            let small = Limits {
+                max_body_bytes: 1024,
+                max_connections: 64,
+                drain: Duration::from_secs(1),
+                ..Limits::default()
+            };
+            let (ex2, sd) = (ex.clone(), shutdown.clone());
+            ex.spawn(async move {
+                match metrics_listener {
+                    Listener::Tcp(l) => http_server::serve_tcp(l, handler, small, ex2, sd).await,
+                    Listener::Unix(l) => http_server::serve_unix(l, handler, small, ex2, sd).await,
+                }
+            })
+            .detach();
+        }
         let handler: Rc<dyn Handler> = Rc::new(Router::new(hub));
         let ex2 = ex.clone();
         // async-io's block_on waits in the reactor itself; a plain block_on would
@@ -296,7 +363,16 @@ fn reload(hub: &Hub, watcher: &mut Watcher, forced: bool) {
 
 /// `relay serve`: binds, prints `listening on ADDR`, serves until SIGTERM/SIGINT.
 pub fn run(cfg: ServeConfig, out: &mut dyn Write) -> i32 {
-    crate::ops::log::init(cfg.log_level, cfg.log_format);
+    match &cfg.log_file {
+        Some(path) => {
+            if let Err(e) = crate::ops::log::init_file(cfg.log_level, cfg.log_format, path) {
+                eprintln!("mcp-tunnel relay: --log-file {}: {e}", path.display());
+                return 2;
+            }
+        }
+        None => crate::ops::log::init(cfg.log_level, cfg.log_format),
+    }
+    let pid_path = cfg.pid_file.clone();
     let server = match Server::bind(cfg) {
         Ok(s) => s,
         Err(e) => {
@@ -319,6 +395,18 @@ pub fn run(cfg: ServeConfig, out: &mut dyn Write) -> i32 {
         return 1;
     }
     log::info!("relay listening on {addr}");
+    if let Some(m) = server.metrics_addr() {
+        log::info!("relay metrics on {m}/metrics");
+    }
+    // Removed (if still ours) when this returns.
+    let _pid_file = match pid_path.as_deref().map(PidFile::write) {
+        Some(Ok(f)) => Some(f),
+        Some(Err(e)) => {
+            eprintln!("mcp-tunnel relay: --pid-file: {e}");
+            return 1;
+        }
+        None => None,
+    };
     match server.run(Shutdown::new(), true) {
         Ok(()) => 0,
         Err(e) => {

@@ -24,6 +24,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::metrics::AgentMetrics;
 use super::readiness::Readiness;
 use super::target::{Budget, Expect, NotifyVerdict, Outcome, TargetBuffers, MAX_RESPONSE_BYTES};
 use super::target_http::json_limits;
@@ -113,6 +114,8 @@ struct Shared {
     argv: Vec<String>,
     readiness: Arc<Readiness>,
     grace: StopGrace,
+    /// Counts restarts (`mcp_tunnel_agent_child_restarts_total`).
+    metrics: Arc<AgentMetrics>,
     state: Mutex<State>,
     changed: Condvar,
 }
@@ -148,6 +151,7 @@ impl StdioTarget {
         argv: Vec<String>,
         readiness: Arc<Readiness>,
         grace: StopGrace,
+        metrics: Arc<AgentMetrics>,
     ) -> std::io::Result<StdioTarget> {
         readiness.set_channel(&channel, Some("stdio MCP server starting".into()));
         let shared = Arc::new(Shared {
@@ -155,6 +159,7 @@ impl StdioTarget {
             argv,
             readiness,
             grace,
+            metrics,
             state: Mutex::new(State {
                 stopping: false,
                 running: None,
@@ -520,6 +525,7 @@ fn supervise(shared: &Arc<Shared>) {
                             &ch,
                             Some("stdio MCP server exited; restarting".to_string()),
                         );
+                        shared.metrics.child_restart(&ch);
                         delay
                     }
                 }
