@@ -31,6 +31,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE = os.path.join(ROOT, ".cache", "bench")
 BIN = os.path.join(ROOT, "target", "release", "mcp-tunnel")
+# The agent as it ships: the static musl edge build when `make static` made it.
+STATIC_AGENT = os.path.join(ROOT, "target", "dist", "mcp-tunnel-agent-x86_64-unknown-linux-musl")
+AGENT_BIN = STATIC_AGENT if os.path.exists(STATIC_AGENT) else BIN
 BODY = json.dumps(
     {
         "jsonrpc": "2.0",
@@ -218,7 +221,7 @@ def start_tunnel(procs, tmp, mcp_port):
     agent = procs.start(
         "agent",
         [
-            BIN,
+            AGENT_BIN,
             "agent",
             "--control-plane.base-url",
             f"http://127.0.0.1:{relay_port}",
@@ -377,11 +380,16 @@ def main():
     ap.add_argument("--smoke", action="store_true", help="short runs; only checks that figures come out")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks.md"))
     ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--agent-bin", help="the agent binary (default: the static musl build when present, else --bin)")
     ap.add_argument("--bin", help="the mcp-tunnel binary (default: target/release/mcp-tunnel, built if missing)")
     args = ap.parse_args()
-    global BIN
+    ap_agent = args.agent_bin
+    global BIN, AGENT_BIN
     if args.bin:
         BIN = os.path.abspath(args.bin)
+        AGENT_BIN = BIN
+    if ap_agent:
+        AGENT_BIN = os.path.abspath(ap_agent)
     duration = 1 if args.smoke else args.duration
     runs = 1 if args.smoke else args.runs
 
@@ -512,7 +520,7 @@ def render(results, mem, sizes, duration, have_rathole):
             except TypeError:
                 verdict = "SKIP (no rathole figure)"
         budgets.append(f"{verdict}: {name} (measured {fmt(v, '', 3) if isinstance(v, float) else v})")
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.release()}"
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.release()}; agent binary {os.path.relpath(AGENT_BIN, ROOT)}"
     versions = []
     for cmd in [[BIN, "--version"], ["wrk", "-v"], [os.path.join(CACHE, "nginx", "usr", "sbin", "nginx"), "-v"]]:
         try:
@@ -522,7 +530,9 @@ def render(results, mem, sizes, duration, have_rathole):
             pass
     if rathole_bin():
         try:
-            versions.append(sh([rathole_bin(), "--version"]).strip())
+            rv = sh([rathole_bin(), "--version"])
+            m = re.search(r"Build Version:\s*(\S+)", rv)
+            versions.append(f"rathole {m.group(1)}" if m else rv.strip().splitlines()[0])
         except (OSError, subprocess.CalledProcessError):
             pass
     head = (
