@@ -55,21 +55,51 @@ pub enum Polled {
     Other(PollResult),
 }
 
-/// One poll on the poll thread; a batch goes straight to the workers.
-pub fn poll_and_queue(cp: &ControlPlane, workers: &Workers, limit: usize) -> Polled {
-    match cp.poll(limit) {
-        PollResult::Batch { receipt, commands } => {
-            // Counted here, before any worker can take (and finish) a command
-            // of the batch: a scrape never sees its commands before its poll.
-            let metrics = workers.metrics();
-            metrics.poll(PollOutcome::Commands);
-            let count = commands.len();
-            let mut rest = VecDeque::with_capacity(count);
-            accept(receipt, commands, &mut rest, metrics);
-            workers.feed(&mut rest);
-            Polled::Queued { count, rest }
+/// Polls on the poll thread; a batch goes straight to the workers. With
+/// `keep_going` (polling is healthy) the thread issues the next poll itself
+/// while every command fit and slots are free, as the loop would have, so a
+/// poll cycle does not cost a round trip through the async loop. It hands
+/// back on anything else (a failure, commands that did not fit, a full
+/// queue, shutdown), so backoff, readiness and overflow stay the loop's.
+pub fn poll_and_queue(
+    cp: &ControlPlane,
+    workers: &Workers,
+    mut limit: usize,
+    keep_going: Option<(usize, &Shutdown)>,
+) -> Polled {
+    loop {
+        let polled = match cp.poll(limit) {
+            PollResult::Batch { receipt, commands } => {
+                // Counted here, before any worker can take (and finish) a
+                // command of the batch: a scrape never sees its commands
+                // before its poll.
+                let metrics = workers.metrics();
+                metrics.poll(PollOutcome::Commands);
+                let count = commands.len();
+                let mut rest = VecDeque::with_capacity(count);
+                accept(receipt, commands, &mut rest, metrics);
+                workers.feed(&mut rest);
+                Polled::Queued { count, rest }
+            }
+            other => Polled::Other(other),
+        };
+        let Some((max_inflight, shutdown)) = keep_going else {
+            return polled;
+        };
+        let fitted = match &polled {
+            Polled::Queued { rest, .. } => rest.is_empty(),
+            Polled::Other(PollResult::Idle) => true,
+            Polled::Other(_) => false,
+        };
+        let free = max_inflight.saturating_sub(workers.inflight());
+        if !fitted || free == 0 || shutdown.is_triggered() {
+            return polled;
         }
-        other => Polled::Other(other),
+        if matches!(polled, Polled::Other(PollResult::Idle)) {
+            // The loop never sees this poll: count it here, as it would.
+            workers.metrics().poll(PollOutcome::Empty);
+        }
+        limit = free.min(MAX_POLL_LIMIT);
     }
 }
 
@@ -116,7 +146,14 @@ impl Poller<'_> {
             let limit = free.min(MAX_POLL_LIMIT);
             let cp = self.cp.clone();
             let workers = self.workers.clone();
-            let rx = self.lane.run(move || poll_and_queue(&cp, &workers, limit));
+            // After a problem the loop sees the next result itself (it logs
+            // the recovery and resets the backoff).
+            let keep_going = last_problem.is_none().then(|| self.shutdown.clone());
+            let max_inflight = self.max_inflight;
+            let rx = self.lane.run(move || {
+                let keep_going = keep_going.as_ref().map(|s| (max_inflight, s));
+                poll_and_queue(&cp, &workers, limit, keep_going)
+            });
             let result = match self.or_stop(rx.recv()).await {
                 Wake::Stop => return stopped(Some(rx), overflow),
                 Wake::Value(Ok(r)) => r,

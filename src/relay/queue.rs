@@ -285,8 +285,9 @@ impl TunnelQueue {
         {
             return Err(EnqueueError::Full);
         }
-        let request_id = keys::random_hex("req_", 12).map_err(|_| EnqueueError::Random)?;
-        let shard_token = keys::random_hex("shard_", 16).map_err(|_| EnqueueError::Random)?;
+        let request_id = keys::random_hex_pooled::<12>("req_").map_err(|_| EnqueueError::Random)?;
+        let shard_token =
+            keys::random_hex_pooled::<16>("shard_").map_err(|_| EnqueueError::Random)?;
         let (tx, rx) = channel::bounded(POSTS_IN_FLIGHT);
         let session = cmd
             .headers
