@@ -440,31 +440,7 @@ fn tunnel_failure_values_match_the_published_lists() {
 }
 
 fn all_kinds() -> Vec<TransportErrorKind> {
-    use TransportErrorKind::*;
-    vec![
-        ClosedPipe,
-        ConnectionAborted,
-        ConnectionClosed,
-        ConnectionRefused,
-        ConnectionReset,
-        Dial,
-        Dns,
-        Eof,
-        HostUnreachable,
-        HttpStatus,
-        InvalidMcpError,
-        InvalidProtocolResponse,
-        MalformedJson,
-        NetworkUnreachable,
-        NonProtocolResponse,
-        ResponseBodyMissing,
-        ResponseBodyTooLarge,
-        ResponseBodyUnreadable,
-        Timeout,
-        Tls,
-        UnexpectedEof,
-        Unknown,
-    ]
+    TransportErrorKind::ALL.to_vec()
 }
 
 #[test]

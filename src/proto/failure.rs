@@ -72,6 +72,38 @@ pub enum TransportErrorKind {
 }
 
 impl TransportErrorKind {
+    /// Every kind, in protocol.md's order (the conformance test checks it
+    /// against the OpenAPI enum).
+    pub const ALL: [TransportErrorKind; 22] = {
+        use TransportErrorKind::*;
+        [
+            ClosedPipe,
+            ConnectionAborted,
+            ConnectionClosed,
+            ConnectionRefused,
+            ConnectionReset,
+            Dial,
+            Dns,
+            Eof,
+            HostUnreachable,
+            HttpStatus,
+            InvalidMcpError,
+            InvalidProtocolResponse,
+            MalformedJson,
+            NetworkUnreachable,
+            NonProtocolResponse,
+            ResponseBodyMissing,
+            ResponseBodyTooLarge,
+            ResponseBodyUnreadable,
+            Timeout,
+            Tls,
+            UnexpectedEof,
+            Unknown,
+        ]
+    };
+}
+
+impl TransportErrorKind {
     pub fn as_str(self) -> &'static str {
         use TransportErrorKind::*;
         match self {
