@@ -170,7 +170,7 @@ fn mcp_mtls_presents_the_mcp_certificate_and_reports_a_missing_one() {
             &key,
         ],
     );
-    assert_eq!(ok.resp_code, 200);
+    assert_eq!(ok.resp_code, 200, "{}", resp_json(&ok));
     assert_eq!(resp_json(&ok), RESULT);
     assert_eq!(mcp.served(), 1);
 }

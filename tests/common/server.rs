@@ -320,13 +320,26 @@ fn linger(sock: &mut TcpStream) {
 fn respond<S: Read + Write>(mut s: S, body: &str, is_json: bool, served: &AtomicUsize) {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+    let end = loop {
+        if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
         match s.read(&mut buf) {
             Ok(0) | Err(_) => return,
             Ok(n) => head.extend_from_slice(&buf[..n]),
         }
         if head.len() > 64 * 1024 {
             return;
+        }
+    };
+    // Read the whole body before answering: closing a socket with unread
+    // bytes sends a reset, which can reach the client before it has read
+    // the answer (a flaky 502 in CI).
+    let mut left = content_length(&head[..end]).saturating_sub(head.len() - end);
+    while left > 0 {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => left = left.saturating_sub(n),
         }
     }
     let ctype = if is_json {
@@ -341,4 +354,13 @@ fn respond<S: Read + Write>(mut s: S, body: &str, is_json: bool, served: &Atomic
     if s.write_all(resp.as_bytes()).is_ok() && s.flush().is_ok() {
         served.fetch_add(1, Ordering::SeqCst);
     }
+}
+
+fn content_length(head: &[u8]) -> usize {
+    String::from_utf8_lossy(head)
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0)
 }
