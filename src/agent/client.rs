@@ -5,10 +5,22 @@ use std::io::Read;
 use std::time::Duration;
 
 use ureq::tls::TlsConfig;
-use ureq::unversioned::transport::DefaultConnector;
+use ureq::unversioned::transport::{ConnectProxyConnector, Connector, RustlsConnector};
 
 use super::edge::{ChannelEdge, Clients};
 use super::resolver::CachingResolver;
+use super::tcp_transport::TcpConnector;
+
+/// Bytes a connection reads at a time (ureq's default: 128 KiB, and as much
+/// again for TLS plaintext). A response head must fit in it; bodies stream
+/// through it in pieces.
+const INPUT_BUFFER: usize = 16 * 1024;
+/// Bytes a connection writes at a time; the longest request head line must
+/// fit (the relay accepts at most 16 KiB of request head).
+const OUTPUT_BUFFER: usize = 16 * 1024;
+/// A longer response head is refused as such (`LargeResponseHeader`) rather
+/// than stalling on a full input buffer.
+const MAX_RESPONSE_HEAD: usize = INPUT_BUFFER - 1;
 
 pub struct ClientOptions {
     pub user_agent: String,
@@ -31,12 +43,20 @@ pub fn agent(opts: &ClientOptions, tls: TlsConfig, proxy: Option<ureq::Proxy>) -
         .max_idle_connections(opts.max_idle)
         .max_idle_connections_per_host(opts.max_idle)
         .max_idle_age(opts.max_idle_age)
+        .input_buffer_size(INPUT_BUFFER)
+        .output_buffer_size(OUTPUT_BUFFER)
+        .max_response_header_size(MAX_RESPONSE_HEAD)
         .build();
-    ureq::Agent::with_parts(
-        config,
-        DefaultConnector::default(),
-        CachingResolver::default(),
-    )
+    ureq::Agent::with_parts(config, connector(), CachingResolver::default())
+}
+
+/// ureq's default chain (proxy CONNECT, TCP, rustls) with our TCP transport
+/// (`agent::tcp_transport`: fewer syscalls per request). SOCKS proxies are
+/// refused by `agent::edge` before a client is built.
+fn connector() -> impl Connector {
+    ().chain(ConnectProxyConnector::default())
+        .chain(TcpConnector)
+        .chain(RustlsConnector::default())
 }
 
 /// The control-plane and MCP agents, each with its hop's TLS and proxy.

@@ -27,6 +27,7 @@ pub mod startup;
 pub mod target;
 pub mod target_http;
 pub mod target_stdio;
+pub mod tcp_transport;
 pub mod workers;
 
 use std::ffi::OsString;

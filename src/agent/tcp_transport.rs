@@ -1,0 +1,394 @@
+//! The TCP transport under the agent's ureq clients (in place of ureq's own
+//! `TcpConnector`; ureq's CONNECT-proxy and rustls connectors still chain on
+//! top of it, see `agent::client`).
+//!
+//! Why not ureq's: on a reused keep-alive connection it toggles the socket's
+//! blocking mode twice (two `ioctl(FIONBIO)`) around every liveness probe, and
+//! a pooled connection is probed when it goes back to the pool and again when
+//! it is taken; and it sets `SO_RCVTIMEO`/`SO_SNDTIMEO` before every read and
+//! write, because the remaining time to the request's deadline differs each
+//! time. Per command (three requests) that was 12 `ioctl` and 8 `setsockopt`.
+//! Here:
+//!
+//! - liveness is one `recv(MSG_PEEK | MSG_DONTWAIT)`;
+//! - writes are `send(MSG_DONTWAIT)`, which for a request that fits the socket
+//!   buffer (all of ours but big bodies) is the only syscall; only if the
+//!   kernel buffer is full does it wait with `poll(2)` against the deadline;
+//! - reads block with a `SO_RCVTIMEO` that is changed only when it would fire
+//!   after the deadline, or far before it ([`read_timeout_change`]). A read
+//!   woken before the deadline arms the exact rest and reads again, so a
+//!   deadline fires on time, never late.
+
+use std::io::{self, Read};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::net::{RecvFlags, SendFlags};
+use ureq::unversioned::transport::time::Duration as UreqDuration;
+use ureq::unversioned::transport::{
+    Buffers, ConnectionDetails, Connector, Either, LazyBuffers, NextTimeout, ShutdownHandle,
+    Transport,
+};
+use ureq::{Error, Timeout};
+
+/// Connects plain TCP (to the target, or to the CONNECT proxy when one is
+/// configured: ureq's proxy connector runs the whole chain for that hop).
+#[derive(Debug, Default)]
+pub struct TcpConnector;
+
+impl<In: Transport> Connector<In> for TcpConnector {
+    type Out = Either<In, TcpTransport>;
+
+    fn connect(
+        &self,
+        details: &ConnectionDetails,
+        chained: Option<In>,
+    ) -> Result<Option<Self::Out>, Error> {
+        if let Some(transport) = chained {
+            // A proxy tunnel is already open: it is the connection.
+            return Ok(Some(Either::A(transport)));
+        }
+        let config = details.config;
+        let stream = connect(&details.addrs, details.timeout)?;
+        if config.no_delay() {
+            stream.set_nodelay(true)?;
+        }
+        let buffers = LazyBuffers::new(config.input_buffer_size(), config.output_buffer_size());
+        let transport = TcpTransport {
+            stream: Arc::new(stream),
+            buffers,
+            read_timeout: None,
+        };
+        (details.register_shutdown)(transport.shutdown_handle())?;
+        Ok(Some(Either::B(transport)))
+    }
+}
+
+/// The shortest time one address gets when several are tried.
+const MIN_PER_ADDRESS: Duration = Duration::from_millis(10);
+
+/// A remaining time as std's, `None` when there is no deadline.
+fn remaining(after: UreqDuration) -> Option<Duration> {
+    match after {
+        UreqDuration::Exact(d) => Some(d),
+        UreqDuration::NotHappening => None,
+    }
+}
+
+/// The time the next of `left` addresses may take: half of what remains, all
+/// of it for the last one, never under [`MIN_PER_ADDRESS`] (a host with IPv6
+/// and IPv4 addresses of which the first does not answer still leaves the
+/// other time).
+fn address_budget(rest: Option<Duration>, left: usize) -> Option<Duration> {
+    let rest = rest?;
+    let share = if left > 1 { rest / 2 } else { rest };
+    Some(share.max(MIN_PER_ADDRESS))
+}
+
+/// Whether a failed connect concerns only that address, so the next one may
+/// still work (as ureq decides: refused, or unreachable at routing level).
+fn is_address_specific(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+            | io::ErrorKind::NetworkDown
+            | io::ErrorKind::AddrNotAvailable
+    )
+}
+
+fn connect(addrs: &[SocketAddr], timeout: NextTimeout) -> Result<TcpStream, Error> {
+    let deadline = remaining(timeout.after).map(|r| Instant::now() + r);
+    let mut last = None;
+    for (i, addr) in addrs.iter().enumerate() {
+        let rest = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if rest.is_some_and(|r| r.is_zero()) {
+            return Err(Error::Timeout(timeout.reason));
+        }
+        let attempt = match address_budget(rest, addrs.len() - i) {
+            Some(budget) => TcpStream::connect_timeout(addr, budget),
+            None => TcpStream::connect(addr),
+        };
+        match attempt {
+            Ok(stream) => return Ok(stream),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+                ) =>
+            {
+                last = Some(Error::Timeout(Timeout::Connect));
+            }
+            Err(e) if is_address_specific(&e) => last = Some(Error::Io(e)),
+            Err(e) => return Err(Error::Io(e)),
+        }
+    }
+    if deadline.is_some_and(|d| Instant::now() >= d) {
+        return Err(Error::Timeout(timeout.reason));
+    }
+    Err(last.unwrap_or_else(|| {
+        Error::Io(io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            "no address to connect to",
+        ))
+    }))
+}
+
+pub struct TcpTransport {
+    /// Shared (weakly) with the shutdown handle, which can end a blocked read.
+    stream: Arc<TcpStream>,
+    buffers: LazyBuffers,
+    /// The socket's `SO_RCVTIMEO` now (`None`: reads block without limit).
+    read_timeout: Option<Duration>,
+}
+
+impl std::fmt::Debug for TcpTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpTransport")
+            .field("peer", &self.stream.peer_addr().ok())
+            .finish()
+    }
+}
+
+impl TcpTransport {
+    fn shutdown_handle(&self) -> Weak<dyn ShutdownHandle> {
+        // ureq implements the handle for TcpStream (shutdown of both directions).
+        Arc::downgrade(&self.stream) as Weak<dyn ShutdownHandle>
+    }
+}
+
+/// The `SO_RCVTIMEO` to arm before a read with `rest` left to its deadline,
+/// or `None` to keep `current`. `exact` after a read woke before the
+/// deadline: then the rest itself, so it fires on time.
+///
+/// Otherwise a value a little under the rest, so that the next reads of the
+/// same request (whose rest has shrunk a little) and the next requests with
+/// the same timeout keep it without a syscall. It is kept while it fires no
+/// later than the deadline and no earlier than halfway there; a read woken
+/// early costs one more `setsockopt` and `recv`, but only on a read that
+/// waited that long anyway.
+fn read_timeout_change(
+    current: Option<Duration>,
+    rest: Option<Duration>,
+    exact: bool,
+) -> Option<Option<Duration>> {
+    let Some(rest) = rest else {
+        return current.map(|_| None);
+    };
+    if exact {
+        return (current != Some(rest)).then_some(Some(rest));
+    }
+    match current {
+        Some(c) if c <= rest && c >= rest / 2 => None,
+        _ => Some(Some(rest - rest / 8)),
+    }
+}
+
+/// The time left to `deadline`, `Ok(None)` without one, the timeout when it has passed.
+fn left(deadline: Option<Instant>, reason: Timeout) -> Result<Option<Duration>, Error> {
+    match deadline {
+        None => Ok(None),
+        Some(d) => match d.checked_duration_since(Instant::now()) {
+            Some(r) if !r.is_zero() => Ok(Some(r)),
+            _ => Err(Error::Timeout(reason)),
+        },
+    }
+}
+
+fn deadline_of(timeout: NextTimeout) -> Result<Option<Instant>, Error> {
+    match remaining(timeout.after) {
+        Some(r) if r.is_zero() => Err(Error::Timeout(timeout.reason)),
+        Some(r) => Ok(Instant::now().checked_add(r)),
+        None => Ok(None),
+    }
+}
+
+/// Waits until the socket can take more bytes or the deadline passes.
+fn wait_writable(
+    stream: &TcpStream,
+    deadline: Option<Instant>,
+    reason: Timeout,
+) -> Result<(), Error> {
+    loop {
+        let rest = left(deadline, reason)?;
+        let ts = match rest.map(Timespec::try_from) {
+            Some(Ok(ts)) => Some(ts),
+            // Too far away to express: as good as no limit.
+            Some(Err(_)) | None => None,
+        };
+        let mut fds = [PollFd::new(stream, PollFlags::OUT)];
+        match rustix::event::poll(&mut fds, ts.as_ref()) {
+            // Ready, or an error/hang-up that the next send reports.
+            Ok(n) if n > 0 => return Ok(()),
+            Ok(_) | Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(Error::Io(e.into())),
+        }
+    }
+}
+
+impl Transport for TcpTransport {
+    fn buffers(&mut self) -> &mut dyn Buffers {
+        &mut self.buffers
+    }
+
+    fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), Error> {
+        let timeout = timeout.for_write();
+        let deadline = deadline_of(timeout)?;
+        let stream = &*self.stream;
+        let mut out = &self.buffers.output()[..amount];
+        while !out.is_empty() {
+            match rustix::net::send(stream, out, SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
+                Ok(0) => return Err(Error::Io(io::ErrorKind::WriteZero.into())),
+                Ok(n) => out = out.get(n..).unwrap_or_default(),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::AGAIN) => wait_writable(stream, deadline, timeout.reason)?,
+                Err(e) => return Err(Error::Io(e.into())),
+            }
+        }
+        Ok(())
+    }
+
+    fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, Error> {
+        let timeout = timeout.for_read();
+        let deadline = deadline_of(timeout)?;
+        let mut exact = false;
+        loop {
+            let rest = left(deadline, timeout.reason)?;
+            if let Some(change) = read_timeout_change(self.read_timeout, rest, exact) {
+                self.stream.set_read_timeout(change)?;
+                self.read_timeout = change;
+            }
+            let input = self.buffers.input_append_buf();
+            match (&*self.stream).read(input) {
+                Ok(n) => {
+                    self.buffers.input_appended(n);
+                    return Ok(n > 0);
+                }
+                // SO_RCVTIMEO fired: at the deadline (`left` reports it), or
+                // before it when the armed value was shorter than the rest.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    exact = true;
+                }
+                // Linux does not restart a socket read with a timeout after a signal.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => exact = true,
+                Err(e) => return Err(Error::Io(e)),
+            }
+        }
+    }
+
+    fn is_open(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        loop {
+            return match rustix::net::recv(
+                &*self.stream,
+                &mut byte[..],
+                RecvFlags::PEEK | RecvFlags::DONTWAIT,
+            ) {
+                // Nothing to read: the peer neither closed nor sent anything.
+                Err(rustix::io::Errno::AGAIN) => true,
+                Err(rustix::io::Errno::INTR) => continue,
+                // EOF (the server closed it), bytes nobody asked for, or an error.
+                Ok(_) | Err(_) => false,
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    #[test]
+    fn a_timeout_that_fits_is_kept() {
+        // Armed at 7/8 of 30 s; a later read of the same request, and the
+        // next request with the same timeout, keep it.
+        assert_eq!(read_timeout_change(Some(S(26)), Some(S(30)), false), None);
+        assert_eq!(read_timeout_change(Some(S(26)), Some(S(27)), false), None);
+        assert_eq!(read_timeout_change(Some(S(26)), Some(S(52)), false), None);
+    }
+
+    #[test]
+    fn a_timeout_that_would_fire_late_is_changed() {
+        assert_eq!(
+            read_timeout_change(Some(S(26)), Some(S(16)), false),
+            Some(Some(S(14)))
+        );
+        assert_eq!(
+            read_timeout_change(None, Some(S(8)), false),
+            Some(Some(S(7)))
+        );
+    }
+
+    #[test]
+    fn a_timeout_far_before_the_deadline_is_changed() {
+        assert_eq!(
+            read_timeout_change(Some(S(1)), Some(S(8)), false),
+            Some(Some(S(7)))
+        );
+    }
+
+    #[test]
+    fn an_early_wake_arms_the_exact_rest() {
+        assert_eq!(
+            read_timeout_change(Some(S(7)), Some(S(1)), true),
+            Some(Some(S(1)))
+        );
+        assert_eq!(read_timeout_change(Some(S(1)), Some(S(1)), true), None);
+    }
+
+    #[test]
+    fn no_deadline_means_no_socket_timeout() {
+        assert_eq!(read_timeout_change(Some(S(3)), None, false), Some(None));
+        assert_eq!(read_timeout_change(None, None, false), None);
+    }
+
+    #[test]
+    fn addresses_share_the_connect_time() {
+        assert_eq!(address_budget(Some(S(10)), 1), Some(S(10)));
+        assert_eq!(address_budget(Some(S(10)), 3), Some(S(5)));
+        assert_eq!(
+            address_budget(Some(Duration::from_millis(4)), 2),
+            Some(MIN_PER_ADDRESS)
+        );
+        assert_eq!(address_budget(None, 2), None);
+    }
+
+    #[test]
+    fn refusals_try_the_next_address_other_errors_do_not() {
+        assert!(is_address_specific(
+            &io::ErrorKind::ConnectionRefused.into()
+        ));
+        assert!(is_address_specific(
+            &io::ErrorKind::NetworkUnreachable.into()
+        ));
+        assert!(!is_address_specific(
+            &io::ErrorKind::PermissionDenied.into()
+        ));
+        assert!(!is_address_specific(&io::ErrorKind::TimedOut.into()));
+    }
+
+    #[test]
+    fn an_expired_deadline_is_the_timeout_of_its_reason() {
+        let past = Some(Instant::now());
+        assert!(matches!(
+            left(past, Timeout::Global),
+            Err(Error::Timeout(Timeout::Global))
+        ));
+        assert!(matches!(left(None, Timeout::Global), Ok(None)));
+        let zero = NextTimeout {
+            after: UreqDuration::Exact(Duration::ZERO),
+            ..NextTimeout::default()
+        };
+        assert!(matches!(deadline_of(zero), Err(Error::Timeout(_))));
+    }
+}
