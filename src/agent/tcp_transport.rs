@@ -10,7 +10,10 @@
 //! time. Per command (three requests) that was 12 `ioctl` and 8 `setsockopt`.
 //! Here:
 //!
-//! - liveness is one `recv(MSG_PEEK | MSG_DONTWAIT)`;
+//! - liveness is one `recv(MSG_PEEK | MSG_DONTWAIT)`, and only when a pooled
+//!   connection is taken: ureq also asks when it puts a connection back right
+//!   after reading a response, where the answer is "open" (whatever arrives
+//!   while it waits in the pool, bytes or an EOF, the check on taking sees);
 //! - writes are `send(MSG_DONTWAIT)`, which for a request that fits the socket
 //!   buffer (all of ours but big bodies) is the only syscall; only if the
 //!   kernel buffer is full does it wait with `poll(2)` against the deadline;
@@ -60,6 +63,7 @@ impl<In: Transport> Connector<In> for TcpConnector {
             stream: Arc::new(stream),
             buffers,
             read_timeout: None,
+            just_read: false,
         };
         (details.register_shutdown)(transport.shutdown_handle())?;
         Ok(Some(Either::B(transport)))
@@ -143,6 +147,9 @@ pub struct TcpTransport {
     buffers: LazyBuffers,
     /// The socket's `SO_RCVTIMEO` now (`None`: reads block without limit).
     read_timeout: Option<Duration>,
+    /// A read returned bytes since ureq last asked [`Transport::is_open`]:
+    /// the next question is ureq putting the connection back in its pool.
+    just_read: bool,
 }
 
 impl std::fmt::Debug for TcpTransport {
@@ -265,6 +272,7 @@ impl Transport for TcpTransport {
             match (&*self.stream).read(input) {
                 Ok(n) => {
                     self.buffers.input_appended(n);
+                    self.just_read = n > 0;
                     return Ok(n > 0);
                 }
                 // SO_RCVTIMEO fired: at the deadline (`left` reports it), or
@@ -285,6 +293,9 @@ impl Transport for TcpTransport {
     }
 
     fn is_open(&mut self) -> bool {
+        if std::mem::take(&mut self.just_read) {
+            return true;
+        }
         let mut byte = [0u8; 1];
         loop {
             return match rustix::net::recv(
