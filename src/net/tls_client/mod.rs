@@ -186,7 +186,10 @@ fn load_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'sta
 /// The roots a hop trusts.
 #[derive(Clone)]
 pub struct Trust {
-    roots: Vec<Certificate<'static>>,
+    /// Shared by every TLS configuration made from it (each hop, each
+    /// channel): the system store is ~150 certificates, copied per hop it
+    /// was a few hundred KiB of the agent's resident memory.
+    roots: Arc<Vec<Certificate<'static>>>,
     /// Certificates from the OS store (or `SSL_CERT_FILE`/`SSL_CERT_DIR`).
     pub os_count: usize,
     /// Certificates from `--ca-bundle`.
@@ -226,7 +229,7 @@ impl Trust {
             .collect();
         Trust {
             os_count: roots.len(),
-            roots,
+            roots: Arc::new(roots),
             bundle_count: 0,
             os_errors: native
                 .errors
@@ -240,7 +243,7 @@ impl Trust {
     /// These roots plus those of `bundle` (one checked at startup with
     /// [`Trust::bundle_only`], so the file is read once).
     pub fn with(mut self, bundle: &Trust) -> Trust {
-        self.roots.extend(bundle.roots.iter().cloned());
+        Arc::make_mut(&mut self.roots).extend(bundle.roots.iter().cloned());
         self.bundle_count += bundle.bundle_count;
         self
     }
@@ -249,7 +252,7 @@ impl Trust {
     /// trust nothing but a private CA.
     pub fn bundle_only(ca_bundle: &Path) -> Result<Trust, TlsError> {
         let mut trust = Trust {
-            roots: Vec::new(),
+            roots: Arc::default(),
             os_count: 0,
             bundle_count: 0,
             os_errors: Vec::new(),
@@ -269,8 +272,7 @@ impl Trust {
                     index: i + 1,
                     reason: e.to_string(),
                 })?;
-            self.roots
-                .push(Certificate::from_der(cert.as_ref()).to_owned());
+            Arc::make_mut(&mut self.roots).push(Certificate::from_der(cert.as_ref()).to_owned());
             self.bundle_count += 1;
         }
         Ok(())
@@ -286,7 +288,7 @@ impl Trust {
         TlsConfig::builder()
             .provider(TlsProvider::Rustls)
             .unversioned_rustls_crypto_provider(provider())
-            .root_certs(RootCerts::new_with_certs(&self.roots))
+            .root_certs(RootCerts::Specific(Arc::clone(&self.roots)))
             .client_cert(identity.map(|i| i.cert.clone()))
             .build()
     }
@@ -530,6 +532,28 @@ mod tests {
         let t = Trust::load(None).unwrap();
         assert_eq!(t.bundle_count, 0);
         assert_eq!(t.os_count, t.roots.len());
+    }
+
+    #[test]
+    fn tls_configs_of_one_trust_share_its_roots_and_a_wider_trust_copies_them() {
+        let t = Trust::os();
+        let (a, b) = (t.config(None), t.config(None));
+        let (RootCerts::Specific(x), RootCerts::Specific(y)) = (a.root_certs(), b.root_certs())
+        else {
+            panic!("specific roots expected");
+        };
+        assert!(Arc::ptr_eq(x, y));
+        let extra = Trust {
+            roots: Arc::new(x.iter().take(1).cloned().collect()),
+            os_count: 0,
+            bundle_count: 1,
+            os_errors: Vec::new(),
+        };
+        let n = t.roots.len();
+        let wider = t.clone().with(&extra);
+        assert_eq!(wider.roots.len(), n + extra.roots.len());
+        assert_eq!(t.roots.len(), n, "the shared roots are not changed");
+        assert!(!Arc::ptr_eq(&wider.roots, &t.roots) || extra.roots.is_empty());
     }
 
     #[test]
