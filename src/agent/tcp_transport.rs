@@ -105,7 +105,7 @@ fn is_address_specific(e: &io::Error) -> bool {
 }
 
 fn connect(addrs: &[SocketAddr], timeout: NextTimeout) -> Result<TcpStream, Error> {
-    let deadline = remaining(timeout.after).map(|r| Instant::now() + r);
+    let deadline = remaining(timeout.after).and_then(|r| Instant::now().checked_add(r));
     let mut last = None;
     for (i, addr) in addrs.iter().enumerate() {
         let rest = deadline.map(|d| d.saturating_duration_since(Instant::now()));
