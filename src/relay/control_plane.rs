@@ -17,7 +17,6 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use async_io::Timer;
 use miniserde::{json, Serialize};
 use smol::channel::TrySendError;
 use smol::future;
@@ -264,9 +263,7 @@ pub async fn poll(hub: Rc<Hub>, req: Request, tunnel_id: String) -> Response {
             async {
                 let _ = woken.recv().await;
             },
-            async {
-                Timer::at(deadline).await;
-            },
+            hub.alarms.sleep_until(deadline),
         )
         .await;
         // Whatever woke us, the key may have been revoked or the tunnel deleted meanwhile.

@@ -13,6 +13,7 @@ use crate::net::cert_names::cert_names;
 use crate::net::http_server::Response;
 use crate::proto::error_body;
 
+use super::alarms::Alarms;
 use super::audit::AuditLog;
 use super::auth::{self, AuthError, Principal};
 use super::keys;
@@ -57,6 +58,8 @@ pub struct Hub {
     pub settings: Settings,
     pub audit: AuditLog,
     pub metrics: Metrics,
+    /// Deadlines of parked handlers; its driver runs as a task of the server.
+    pub alarms: Alarms,
     closing: Cell<bool>,
 }
 
@@ -68,6 +71,7 @@ impl Hub {
             settings,
             audit,
             metrics: Metrics::default(),
+            alarms: Alarms::default(),
             closing: Cell::new(false),
         })
     }
