@@ -185,6 +185,33 @@ impl Drop for Polling<'_> {
     }
 }
 
+/// A long-poll's place in the wake-up line. An enqueued command wakes one
+/// parked poll; if that poll then leaves without taking it (client gone,
+/// key revoked, draining), the command is passed on to another parked poll.
+struct WakeUp<'h> {
+    hub: &'h Hub,
+    tunnel: &'h str,
+    parked: Option<smol::channel::Receiver<()>>,
+    /// Woken for a command not taken yet.
+    owed: bool,
+}
+
+impl WakeUp<'_> {
+    fn left_parking(&mut self, woken: bool) {
+        let late = self.parked.take().is_some_and(|p| p.try_recv().is_ok());
+        self.owed = woken || late;
+    }
+}
+
+impl Drop for WakeUp<'_> {
+    fn drop(&mut self) {
+        self.left_parking(self.owed);
+        if self.owed {
+            self.hub.pass_on(self.tunnel, Instant::now());
+        }
+    }
+}
+
 /// `GET /v1/tunnels/{id}/poll`.
 pub async fn poll(hub: Rc<Hub>, req: Request, tunnel_id: String) -> Response {
     let ep = Endpoint::Poll;
@@ -220,11 +247,20 @@ pub async fn poll(hub: Rc<Hub>, req: Request, tunnel_id: String) -> Response {
         tunnel: tunnel_id.clone(),
         instance: instance.clone(),
     };
+    let mut wake = WakeUp {
+        hub: &hub,
+        tunnel: &tunnel_id,
+        parked: None,
+        owed: false,
+    };
     loop {
         let now = Instant::now();
         let batch =
             hub.queue(&tunnel_id)
                 .take_for(q.limit, filter.as_deref(), Some(&instance), now);
+        // Woken for a command that is gone (taken by another poll, cancelled):
+        // nothing to pass on.
+        wake.owed = false;
         if !batch.is_empty() {
             Metrics::add(&hub.metrics.commands_delivered, batch.len() as u64);
             let timeouts: Vec<String> = batch
@@ -258,14 +294,16 @@ pub async fn poll(hub: Rc<Hub>, req: Request, tunnel_id: String) -> Response {
             hub.metrics.count(ep, 204, "");
             return Response::empty(204);
         }
-        let woken = hub.queue(&tunnel_id).park();
-        future::or(
-            async {
-                let _ = woken.recv().await;
-            },
-            hub.alarms.sleep_until(deadline),
-        )
+        let parked = wake.parked.insert(
+            hub.queue(&tunnel_id)
+                .park(&instance, filter.as_deref()),
+        );
+        let woken = future::or(async { parked.recv().await.is_ok() }, async {
+            hub.alarms.sleep_until(deadline).await;
+            false
+        })
         .await;
+        wake.left_parking(woken);
         // Whatever woke us, the key may have been revoked or the tunnel deleted meanwhile.
         if let Err(e) = hub.authorize(
             credential(&req),

@@ -136,6 +136,16 @@ impl Hub {
         }
     }
 
+    /// A woken poll left without taking its command: wake another. Like
+    /// [`Hub::cancel`], safe in drop guards.
+    pub fn pass_on(&self, tunnel_id: &str, now: Instant) {
+        if let Ok(mut qs) = self.queues.try_borrow_mut() {
+            if let Some(q) = qs.get_mut(tunnel_id) {
+                q.pass_on(now);
+            }
+        }
+    }
+
     pub fn queues(&self) -> Ref<'_, HashMap<String, TunnelQueue>> {
         self.queues.borrow()
     }
