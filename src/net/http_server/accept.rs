@@ -51,7 +51,16 @@ where
         cx: &mut std::task::Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        let read = Pin::new(&mut self.0).poll_read(cx, buf);
+        if matches!(read, Poll::Ready(Ok(n)) if n > 0) {
+            // async-io remembers the readiness event that led here until the
+            // next `poll_readable`; left there, the next read that would block
+            // is tried twice (one wasted `recvfrom` per event). Taking it now
+            // costs no syscall; when there was none, this arms the interest
+            // the next would-block read would arm anyway.
+            let _ = self.0.poll_readable(cx);
+        }
+        read
     }
 }
 
