@@ -56,7 +56,11 @@ impl Alarms {
 
     fn drive(&self, timer: &mut Timer, cx: &mut Context<'_>) -> Poll<()> {
         let mut inner = self.inner.borrow_mut();
-        if !inner.driver.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+        if !inner
+            .driver
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
             inner.driver = Some(cx.waker().clone());
         }
         loop {

@@ -297,10 +297,9 @@ pub async fn poll(hub: Rc<Hub>, req: Request, tunnel_id: String) -> Response {
             hub.metrics.count(ep, 204, "");
             return Response::empty(204);
         }
-        let parked = wake.parked.insert(
-            hub.queue(&tunnel_id)
-                .park(&instance, filter.as_deref()),
-        );
+        let parked = wake
+            .parked
+            .insert(hub.queue(&tunnel_id).park(&instance, filter.as_deref()));
         let woken = future::or(async { parked.recv().await.is_ok() }, async {
             hub.alarms.sleep_until(deadline).await;
             false

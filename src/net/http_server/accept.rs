@@ -79,9 +79,7 @@ where
             // this read drained the socket (it did not fill `buf`), the next
             // read waits for the reactor instead of trying first: after a
             // whole request the next read would nearly always block.
-            Poll::Ready(Ok(n)) if n > 0 => {
-                self.io.poll_readable(cx).is_pending() && n < buf.len()
-            }
+            Poll::Ready(Ok(n)) if n > 0 => self.io.poll_readable(cx).is_pending() && n < buf.len(),
             Poll::Ready(_) => false,
         };
         read
