@@ -140,12 +140,22 @@ pub fn parse_poll_query(
 
 /// `X-Tunnel-MCP-Server-Info`, when sent, must be a valid declaration.
 /// Returns the channels it declares with `proc_affinity`.
-fn check_server_info(req: &Request) -> Result<Vec<String>, String> {
+fn check_server_info(hub: &Hub, req: &Request) -> Result<Vec<String>, String> {
     if req.headers.get("x-tunnel-mcp-server-info").is_none() {
         return Ok(Vec::new());
     }
     let value = header(&req.headers, "x-tunnel-mcp-server-info")
         .ok_or("X-Tunnel-MCP-Server-Info must be one UTF-8 value")?;
+    // An agent sends the same declaration with every poll: decode it once.
+    if let Some(channels) = hub.server_info.borrow().get(value) {
+        return Ok(channels);
+    }
+    let channels = decode_server_info(value)?;
+    hub.server_info.borrow_mut().put(value, &channels);
+    Ok(channels)
+}
+
+fn decode_server_info(value: &str) -> Result<Vec<String>, String> {
     server_info::decode(value)
         .map(|decls| {
             decls
@@ -232,7 +242,7 @@ pub async fn poll(hub: Rc<Hub>, req: Request, tunnel_id: String) -> Response {
         Err((code, msg)) => return error(&hub, ep, 400, code, &msg),
     };
     // Channels served: the poll's filter, else what the agent declares, else any.
-    let affinity = match check_server_info(&req) {
+    let affinity = match check_server_info(&hub, &req) {
         Ok(a) => a,
         Err(msg) => return error(&hub, ep, 400, "invalid_server_info", &msg),
     };
