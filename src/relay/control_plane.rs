@@ -298,7 +298,20 @@ pub async fn poll(hub: Rc<Hub>, req: Request, tunnel_id: String) -> Response {
                     jsonrpc: c.jsonrpc.as_deref().map(Vec::as_slice),
                 })
                 .collect();
-            let mut body = Vec::new();
+            // Sized for the whole answer up front: grown from empty it is
+            // reallocated a handful of times per poll.
+            let size: usize = batch
+                .iter()
+                .map(|c| {
+                    let headers: usize = c
+                        .headers
+                        .iter()
+                        .map(|(n, vs)| n.len() + vs.iter().map(|v| v.len() + 8).sum::<usize>() + 8)
+                        .sum();
+                    384 + c.jsonrpc.as_ref().map_or(0, |b| b.len()) + headers
+                })
+                .sum();
+            let mut body = Vec::with_capacity(size.saturating_add(16));
             encode_poll(&out, &mut body);
             hub.metrics.count(ep, 200, "");
             return Response::json(200, body);
