@@ -616,6 +616,30 @@ fn slow_head_gets_408_and_close() {
 }
 
 #[test]
+fn slow_head_on_a_kept_alive_connection_gets_408_before_the_idle_timeout() {
+    // The connection's timer is set for the long idle wait first; the head
+    // wait that follows must still end at its own, earlier deadline (the
+    // client's read would time out long before the idle one).
+    let limits = Limits {
+        idle_timeout: BOUND * 4,
+        ..short_limits()
+    };
+    let server = start(limits, echo);
+    let mut c = Client::connect(server.addr);
+    c.send(&get("/"));
+    assert_eq!(c.response().status, 200);
+    std::thread::sleep(Duration::from_millis(100));
+    c.send(b"GET / HTTP/1.1\r\nHost:");
+    let r = c.response();
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (408, "request_timeout")
+    );
+    assert!(c.closed());
+    server.stop();
+}
+
+#[test]
 fn silent_new_connection_gets_408() {
     let server = start(short_limits(), echo);
     let mut c = Client::connect(server.addr);

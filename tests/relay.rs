@@ -1819,6 +1819,47 @@ fn two_agents_share_a_tunnel_and_one_carries_on() {
 }
 
 #[test]
+fn a_parked_poll_that_went_away_does_not_swallow_the_command() {
+    let relay = Relay::start();
+    let a = relay.agent();
+    let b = FakeAgent {
+        instance: "fake-agent-2".into(),
+        ..relay.agent()
+    };
+    a.hello();
+    b.hello();
+    // Agent a parks a poll on a raw connection, then goes away; agent b
+    // parks one after it. One command wakes one parked poll: when that is
+    // a's (its departure not yet seen), a's poll must pass the command on.
+    let mut gone = TcpStream::connect(relay.addr).unwrap();
+    let path = format!("/v1/tunnels/{}/poll?limit=1&timeout_ms=10000", relay.tunnel);
+    write!(
+        gone,
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\nX-Tunnel-Client-Instance-Id: {}\r\n\r\n",
+        relay.addr,
+        a.auth(),
+        a.instance
+    )
+    .unwrap();
+    thread::sleep(Duration::from_millis(200));
+    let waiting = thread::spawn(move || b.poll("limit=1&timeout_ms=10000"));
+    thread::sleep(Duration::from_millis(200));
+    drop(gone);
+    let client = mcp_post_bg(relay.mcp_url(), relay.connector.clone(), CALL.into());
+    let got = waiting.join().unwrap();
+    assert_eq!(got.len(), 1, "the poll still parked got the command");
+    let fin = r#"{"jsonrpc":"2.0","id":7,"result":{}}"#;
+    assert_eq!(
+        relay
+            .agent()
+            .answer(&got[0], "jsonrpc_response", 200, Some(fin), "{}")
+            .status,
+        200
+    );
+    assert_eq!(client.join().unwrap().status, 200);
+}
+
+#[test]
 fn two_megabyte_result_passes_through_unchanged() {
     let relay = Relay::start();
     let agent = relay.agent();

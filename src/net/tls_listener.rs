@@ -177,7 +177,7 @@ pub async fn serve_tls(
                 log::debug!("set_nodelay failed: {e}");
             }
             let handshake = smol::future::or(
-                async { Some(acceptor.accept(Socket(stream)).await) },
+                async { Some(acceptor.accept(Socket::new(stream)).await) },
                 async {
                     Timer::after(limits.head_timeout).await;
                     None

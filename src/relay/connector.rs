@@ -24,7 +24,6 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::time::{Instant, SystemTime};
 
-use async_io::Timer;
 use smol::channel::Receiver;
 use smol::future;
 use smol::stream::{self, Stream};
@@ -235,7 +234,7 @@ pub async fn handle(
     let wants_sse = accepts_sse(&req) && rpc_id.is_some();
     drop(req);
     loop {
-        match next_post(&ticket.answers, deadline).await {
+        match next_post(&hub, &ticket.answers, deadline).await {
             None => {
                 return ex.fail(
                     504,
@@ -296,9 +295,9 @@ fn payload(
 }
 
 /// The next post for this command; `None` on timeout or when the command is gone.
-async fn next_post(answers: &Receiver<Post>, deadline: Instant) -> Option<Post> {
+async fn next_post(hub: &Hub, answers: &Receiver<Post>, deadline: Instant) -> Option<Post> {
     future::or(async { answers.recv().await.ok() }, async {
-        Timer::at(deadline).await;
+        hub.alarms.sleep_until(deadline).await;
         None
     })
     .await
@@ -387,7 +386,7 @@ fn start_stream(
             return Some((chunk, st));
         }
         loop {
-            match next_post(&st.answers, st.deadline).await {
+            match next_post(&st.ex.hub, &st.answers, st.deadline).await {
                 None => {
                     // Status is already sent: end with a JSON-RPC error the client can match.
                     let mut body = Vec::new();

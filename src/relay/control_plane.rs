@@ -17,7 +17,6 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use async_io::Timer;
 use miniserde::{json, Serialize};
 use smol::channel::TrySendError;
 use smol::future;
@@ -141,12 +140,22 @@ pub fn parse_poll_query(
 
 /// `X-Tunnel-MCP-Server-Info`, when sent, must be a valid declaration.
 /// Returns the channels it declares with `proc_affinity`.
-fn check_server_info(req: &Request) -> Result<Vec<String>, String> {
+fn check_server_info(hub: &Hub, req: &Request) -> Result<Vec<String>, String> {
     if req.headers.get("x-tunnel-mcp-server-info").is_none() {
         return Ok(Vec::new());
     }
     let value = header(&req.headers, "x-tunnel-mcp-server-info")
         .ok_or("X-Tunnel-MCP-Server-Info must be one UTF-8 value")?;
+    // An agent sends the same declaration with every poll: decode it once.
+    if let Some(channels) = hub.server_info.borrow().get(value) {
+        return Ok(channels);
+    }
+    let channels = decode_server_info(value)?;
+    hub.server_info.borrow_mut().put(value, &channels);
+    Ok(channels)
+}
+
+fn decode_server_info(value: &str) -> Result<Vec<String>, String> {
     server_info::decode(value)
         .map(|decls| {
             decls
@@ -186,9 +195,39 @@ impl Drop for Polling<'_> {
     }
 }
 
+/// A long-poll's place in the wake-up line. An enqueued command wakes one
+/// parked poll; if that poll then leaves without taking it (client gone,
+/// key revoked, draining), the command is passed on to another parked poll.
+struct WakeUp<'h> {
+    hub: &'h Hub,
+    tunnel: &'h str,
+    parked: Option<smol::channel::Receiver<()>>,
+    /// Woken for a command not taken yet.
+    owed: bool,
+}
+
+impl WakeUp<'_> {
+    fn left_parking(&mut self, woken: bool) {
+        let late = self.parked.take().is_some_and(|p| p.try_recv().is_ok());
+        self.owed = woken || late;
+    }
+}
+
+impl Drop for WakeUp<'_> {
+    fn drop(&mut self) {
+        self.left_parking(self.owed);
+        if self.owed {
+            self.hub.pass_on(self.tunnel, Instant::now());
+        }
+    }
+}
+
 /// `GET /v1/tunnels/{id}/poll`.
 pub async fn poll(hub: Rc<Hub>, req: Request, tunnel_id: String) -> Response {
     let ep = Endpoint::Poll;
+    // The state the key was checked against; re-checked after a wake-up only
+    // when a reload replaced it (hashing the key again costs ~9k instructions).
+    let mut checked = hub.state();
     let principal = match hub.authorize(
         credential(&req),
         req.client_cert.as_deref(),
@@ -203,7 +242,7 @@ pub async fn poll(hub: Rc<Hub>, req: Request, tunnel_id: String) -> Response {
         Err((code, msg)) => return error(&hub, ep, 400, code, &msg),
     };
     // Channels served: the poll's filter, else what the agent declares, else any.
-    let affinity = match check_server_info(&req) {
+    let affinity = match check_server_info(&hub, &req) {
         Ok(a) => a,
         Err(msg) => return error(&hub, ep, 400, "invalid_server_info", &msg),
     };
@@ -221,11 +260,20 @@ pub async fn poll(hub: Rc<Hub>, req: Request, tunnel_id: String) -> Response {
         tunnel: tunnel_id.clone(),
         instance: instance.clone(),
     };
+    let mut wake = WakeUp {
+        hub: &hub,
+        tunnel: &tunnel_id,
+        parked: None,
+        owed: false,
+    };
     loop {
         let now = Instant::now();
         let batch =
             hub.queue(&tunnel_id)
                 .take_for(q.limit, filter.as_deref(), Some(&instance), now);
+        // Woken for a command that is gone (taken by another poll, cancelled):
+        // nothing to pass on.
+        wake.owed = false;
         if !batch.is_empty() {
             Metrics::add(&hub.metrics.commands_delivered, batch.len() as u64);
             let timeouts: Vec<String> = batch
@@ -250,7 +298,20 @@ pub async fn poll(hub: Rc<Hub>, req: Request, tunnel_id: String) -> Response {
                     jsonrpc: c.jsonrpc.as_deref().map(Vec::as_slice),
                 })
                 .collect();
-            let mut body = Vec::new();
+            // Sized for the whole answer up front: grown from empty it is
+            // reallocated a handful of times per poll.
+            let size: usize = batch
+                .iter()
+                .map(|c| {
+                    let headers: usize = c
+                        .headers
+                        .iter()
+                        .map(|(n, vs)| n.len() + vs.iter().map(|v| v.len() + 8).sum::<usize>() + 8)
+                        .sum();
+                    384 + c.jsonrpc.as_ref().map_or(0, |b| b.len()) + headers
+                })
+                .sum();
+            let mut body = Vec::with_capacity(size.saturating_add(16));
             encode_poll(&out, &mut body);
             hub.metrics.count(ep, 200, "");
             return Response::json(200, body);
@@ -259,24 +320,28 @@ pub async fn poll(hub: Rc<Hub>, req: Request, tunnel_id: String) -> Response {
             hub.metrics.count(ep, 204, "");
             return Response::empty(204);
         }
-        let woken = hub.queue(&tunnel_id).park();
-        future::or(
-            async {
-                let _ = woken.recv().await;
-            },
-            async {
-                Timer::at(deadline).await;
-            },
-        )
+        let parked = wake
+            .parked
+            .insert(hub.queue(&tunnel_id).park(&instance, filter.as_deref()));
+        let woken = future::or(async { parked.recv().await.is_ok() }, async {
+            hub.alarms.sleep_until(deadline).await;
+            false
+        })
         .await;
-        // Whatever woke us, the key may have been revoked or the tunnel deleted meanwhile.
-        if let Err(e) = hub.authorize(
-            credential(&req),
-            req.client_cert.as_deref(),
-            &tunnel_id,
-            Role::Runtime,
-        ) {
-            return error(&hub, ep, e.status(), e.code(), e.message());
+        wake.left_parking(woken);
+        // Whatever woke us, the key may have been revoked or the tunnel deleted
+        // meanwhile: both arrive as a new state.
+        let current = hub.state();
+        if !Rc::ptr_eq(&current, &checked) {
+            if let Err(e) = hub.authorize(
+                credential(&req),
+                req.client_cert.as_deref(),
+                &tunnel_id,
+                Role::Runtime,
+            ) {
+                return error(&hub, ep, e.status(), e.code(), e.message());
+            }
+            checked = current;
         }
     }
 }

@@ -13,6 +13,7 @@ use crate::net::cert_names::cert_names;
 use crate::net::http_server::Response;
 use crate::proto::error_body;
 
+use super::alarms::Alarms;
 use super::audit::AuditLog;
 use super::auth::{self, AuthError, Principal};
 use super::keys;
@@ -57,6 +58,10 @@ pub struct Hub {
     pub settings: Settings,
     pub audit: AuditLog,
     pub metrics: Metrics,
+    /// Deadlines of parked handlers; its driver runs as a task of the server.
+    pub alarms: Alarms,
+    /// The last valid `X-Tunnel-MCP-Server-Info` seen and its decoding.
+    pub server_info: RefCell<LastServerInfo>,
     closing: Cell<bool>,
 }
 
@@ -68,6 +73,8 @@ impl Hub {
             settings,
             audit,
             metrics: Metrics::default(),
+            alarms: Alarms::default(),
+            server_info: RefCell::new(LastServerInfo::default()),
             closing: Cell::new(false),
         })
     }
@@ -106,10 +113,14 @@ impl Hub {
 
     /// The queue of a tunnel, created on first use. Callers must not hold it across `.await`.
     pub fn queue(&self, tunnel_id: &str) -> RefMut<'_, TunnelQueue> {
-        RefMut::map(self.queues.borrow_mut(), |qs| {
-            qs.entry(tunnel_id.to_string())
-                .or_insert_with(|| TunnelQueue::new(self.settings.queue.clone()))
-        })
+        // Looked up first: `entry` needs an owned key, an allocation on every call.
+        match RefMut::filter_map(self.queues.borrow_mut(), |qs| qs.get_mut(tunnel_id)) {
+            Ok(q) => q,
+            Err(qs) => RefMut::map(qs, |qs| {
+                qs.entry(tunnel_id.to_string())
+                    .or_insert_with(|| TunnelQueue::new(self.settings.queue.clone()))
+            }),
+        }
     }
 
     /// Forgets a command; called from drop guards, so it never panics on a busy map
@@ -128,6 +139,16 @@ impl Hub {
         if let Ok(mut qs) = self.queues.try_borrow_mut() {
             if let Some(q) = qs.get_mut(tunnel_id) {
                 q.poll_ended(instance, now);
+            }
+        }
+    }
+
+    /// A woken poll left without taking its command: wake another. Like
+    /// [`Hub::cancel`], safe in drop guards.
+    pub fn pass_on(&self, tunnel_id: &str, now: Instant) {
+        if let Ok(mut qs) = self.queues.try_borrow_mut() {
+            if let Some(q) = qs.get_mut(tunnel_id) {
+                q.pass_on(now);
             }
         }
     }
@@ -172,6 +193,25 @@ impl Hub {
     }
 }
 
+/// One remembered `X-Tunnel-MCP-Server-Info` value (bounded: one entry, at
+/// most the header limit long) and the `proc_affinity` channels it declares.
+#[derive(Default)]
+pub struct LastServerInfo {
+    value: String,
+    channels: Vec<String>,
+}
+
+impl LastServerInfo {
+    pub fn get(&self, value: &str) -> Option<Vec<String>> {
+        (!self.value.is_empty() && self.value == value).then(|| self.channels.clone())
+    }
+
+    pub fn put(&mut self, value: &str, channels: &[String]) {
+        value.clone_into(&mut self.value);
+        self.channels = channels.to_vec();
+    }
+}
+
 /// The relay's own error answer: `{"error":{"code","message","type"}}` as the
 /// OpenAPI `APIErrorBody` has it.
 pub fn error_response(status: u16, code: &str, message: &str) -> Response {
@@ -199,6 +239,19 @@ pub fn bearer_of<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn last_server_info_answers_only_for_the_same_value() {
+        let mut last = LastServerInfo::default();
+        assert_eq!(last.get(""), None);
+        assert_eq!(last.get("a"), None);
+        last.put("a", &["main".to_string()]);
+        assert_eq!(last.get("a"), Some(vec!["main".to_string()]));
+        assert_eq!(last.get("b"), None);
+        last.put("b", &[]);
+        assert_eq!(last.get("a"), None);
+        assert_eq!(last.get("b"), Some(Vec::new()));
+    }
 
     #[test]
     fn header_helpers() {

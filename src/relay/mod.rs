@@ -7,6 +7,7 @@
 //! | `auth` | which key may do what on which tunnel (and what errors reveal) |
 //! | `queue` | one tunnel's waiting commands, pending answers, agent liveness |
 //! | `affinity` | which agent instance owns a process-local channel's work (`proc_affinity`) |
+//! | `alarms` | deadlines of parked handlers on one shared reactor timer |
 //! | `hub` | the shared runtime context (state, queues, settings, audit, counters) |
 //! | `control_plane` | metadata, long-poll, response posts (the agent side) |
 //! | `connector` | `/v1/mcp` Streamable HTTP for AI clients, JSON or SSE answers |
@@ -16,6 +17,7 @@
 //! | `cli` | `mcp-tunnel relay` init, serve, tunnel, key, org |
 
 pub mod affinity;
+pub mod alarms;
 pub mod audit;
 pub mod auth;
 pub mod cli;

@@ -224,6 +224,14 @@ struct AgentSeen {
     affinity: Vec<String>,
 }
 
+/// A parked long-poll: what it serves, and how to wake it.
+struct Parked {
+    wake: Sender<()>,
+    instance: String,
+    /// `None`: every channel.
+    channels: Option<Vec<String>>,
+}
+
 /// What the connector holds while it waits: the answers, and the id to cancel with.
 pub struct Ticket {
     pub request_id: String,
@@ -236,8 +244,8 @@ pub struct TunnelQueue {
     waiting: VecDeque<String>,
     entries: HashMap<String, Entry>,
     agents: Vec<AgentSeen>,
-    /// Long-polls parked until a command arrives.
-    wakers: Vec<Sender<()>>,
+    /// Long-polls parked until a command arrives, longest-parked first.
+    parked: VecDeque<Parked>,
     /// Affinity keys → the agent instance that owns them.
     pins: Pins,
 }
@@ -311,8 +319,16 @@ impl TunnelQueue {
             },
         );
         self.waiting.push_back(request_id.clone());
-        for w in self.wakers.drain(..) {
-            let _ = w.try_send(());
+        if let Some(e) = self.entries.get(&request_id) {
+            wake_one(
+                &mut self.parked,
+                &self.agents,
+                &self.pins,
+                self.config.liveness,
+                &e.channel,
+                e.affinity_key.as_deref(),
+                now,
+            );
         }
         Ok(Ticket {
             request_id,
@@ -402,19 +418,53 @@ impl TunnelQueue {
         out
     }
 
-    /// A parked long-poll: woken (receives) when a command is enqueued.
-    pub fn park(&mut self) -> Receiver<()> {
-        self.wakers.retain(|w| !w.is_closed());
+    /// Parks the long-poll of agent `instance` serving `channels` (`None`:
+    /// all): it receives once when a command it could take is enqueued. One
+    /// command wakes one poll; a poll that leaves without taking the command
+    /// it was woken for must call [`TunnelQueue::pass_on`].
+    pub fn park(&mut self, instance: &str, channels: Option<&[String]>) -> Receiver<()> {
+        self.parked.retain(|p| !p.wake.is_closed());
         let (tx, rx) = channel::bounded(1);
-        self.wakers.push(tx);
+        self.parked.push_back(Parked {
+            wake: tx,
+            instance: instance.to_string(),
+            channels: channels.map(<[String]>::to_vec),
+        });
         rx
+    }
+
+    /// Wakes a parked poll for each waiting command (as many as there are
+    /// commands): a woken poll went away without taking its command.
+    pub fn pass_on(&mut self, now: Instant) {
+        for id in &self.waiting {
+            let Some(e) = self.entries.get(id) else {
+                continue;
+            };
+            if !wake_one(
+                &mut self.parked,
+                &self.agents,
+                &self.pins,
+                self.config.liveness,
+                &e.channel,
+                e.affinity_key.as_deref(),
+                now,
+            ) {
+                break;
+            }
+        }
     }
 
     /// Wakes every parked poll (shutdown, tunnel deleted).
     pub fn wake_all(&mut self) {
-        for w in self.wakers.drain(..) {
-            let _ = w.try_send(());
+        for p in self.parked.drain(..) {
+            let _ = p.wake.try_send(());
         }
+    }
+
+    /// Parked polls (for tests).
+    #[cfg(test)]
+    fn parked(&self) -> usize {
+        self.parked.len()
     }
 
     /// Find where an answer goes. Finals remove the entry so a replay is `NotFound`.
@@ -522,6 +572,48 @@ impl TunnelQueue {
             a.last = now;
         }
     }
+}
+
+/// Wakes the longest-parked poll that could take a command on `channel`
+/// with affinity key `key` (not one whose channels exclude it, nor one of
+/// another instance than the live owner of its key). Polls that went away are
+/// dropped on the way. Returns whether one was woken.
+fn wake_one(
+    parked: &mut VecDeque<Parked>,
+    agents: &[AgentSeen],
+    pins: &Pins,
+    live: Duration,
+    channel: &str,
+    key: Option<&str>,
+    now: Instant,
+) -> bool {
+    let owner = key.and_then(|k| pins.owner(k)).filter(|owner| {
+        agents
+            .iter()
+            .any(|a| a.instance == *owner && a.is_live(now, live))
+    });
+    let mut i = 0;
+    while i < parked.len() {
+        let p = &parked[i];
+        if p.wake.is_closed() {
+            parked.remove(i);
+            continue;
+        }
+        let serves = p
+            .channels
+            .as_ref()
+            .is_none_or(|cs| cs.iter().any(|c| c == channel));
+        if serves && owner.is_none_or(|o| o == p.instance) {
+            if let Some(p) = parked.remove(i) {
+                if p.wake.try_send(()).is_ok() {
+                    return true;
+                }
+            }
+            continue;
+        }
+        i += 1;
+    }
+    false
 }
 
 impl AgentSeen {
@@ -885,12 +977,84 @@ mod tests {
     fn park_is_woken_by_enqueue() {
         let t0 = Instant::now();
         let mut q = live_queue(10, t0);
-        let w = q.park();
+        let w = q.park("agent", None);
         assert!(w.try_recv().is_err());
         let _a = q
             .enqueue(req("main", "1", t0 + Duration::from_secs(5)), t0)
             .unwrap();
         assert!(w.try_recv().is_ok());
+    }
+
+    #[test]
+    fn one_command_wakes_one_parked_poll() {
+        let t0 = Instant::now();
+        let mut q = live_queue(10, t0);
+        let first = q.park("a", None);
+        let second = q.park("b", None);
+        let _c1 = q
+            .enqueue(req("main", "1", t0 + Duration::from_secs(5)), t0)
+            .unwrap();
+        assert!(first.try_recv().is_ok(), "the longest-parked poll wakes");
+        assert!(second.try_recv().is_err(), "the other keeps waiting");
+        assert_eq!(q.parked(), 1);
+        let _c2 = q
+            .enqueue(req("main", "2", t0 + Duration::from_secs(5)), t0)
+            .unwrap();
+        assert!(second.try_recv().is_ok());
+        assert!(first.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_poll_that_went_away_is_skipped() {
+        let t0 = Instant::now();
+        let mut q = live_queue(10, t0);
+        let gone = q.park("a", None);
+        let waiting = q.park("b", None);
+        drop(gone);
+        let _c = q
+            .enqueue(req("main", "1", t0 + Duration::from_secs(5)), t0)
+            .unwrap();
+        assert!(waiting.try_recv().is_ok());
+        assert_eq!(q.parked(), 0);
+    }
+
+    #[test]
+    fn a_woken_poll_that_leaves_passes_the_command_on() {
+        let t0 = Instant::now();
+        let mut q = live_queue(10, t0);
+        let woken = q.park("a", None);
+        let other = q.park("b", None);
+        let _c = q
+            .enqueue(req("main", "1", t0 + Duration::from_secs(5)), t0)
+            .unwrap();
+        assert!(woken.try_recv().is_ok());
+        assert!(other.try_recv().is_err());
+        // The woken poll leaves without taking: the command is still waiting.
+        drop(woken);
+        q.pass_on(t0);
+        assert!(other.try_recv().is_ok());
+        assert_eq!(ids(&q.take(5, None, t0)).len(), 1);
+        // Nothing waiting: passing on wakes nobody.
+        let idle = q.park("c", None);
+        q.pass_on(t0);
+        assert!(idle.try_recv().is_err());
+    }
+
+    #[test]
+    fn only_a_poll_serving_the_channel_is_woken() {
+        let t0 = Instant::now();
+        let mut q = live_queue(10, t0);
+        let docs = q.park("a", Some(&["docs".to_string()]));
+        let any = q.park("b", None);
+        let _c = q
+            .enqueue(req("main", "1", t0 + Duration::from_secs(5)), t0)
+            .unwrap();
+        assert!(docs.try_recv().is_err());
+        assert!(any.try_recv().is_ok());
+        let _d = q
+            .enqueue(req("docs", "2", t0 + Duration::from_secs(5)), t0)
+            .unwrap();
+        assert!(docs.try_recv().is_ok());
     }
 
     #[test]

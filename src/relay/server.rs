@@ -281,6 +281,8 @@ impl Server {
             }
         })
         .detach();
+        let h = hub.clone();
+        ex.spawn(async move { h.alarms.run().await }).detach();
         let (h, sd) = (hub.clone(), shutdown.clone());
         ex.spawn(async move {
             sd.wait().await;
@@ -317,14 +319,17 @@ impl Server {
         // async-io's block_on waits in the reactor itself; a plain block_on would
         // park this thread and leave epoll to async-io's helper thread, adding a
         // cross-thread wake-up (two context switches) to every socket event.
-        async_io::block_on(ex.run(async move {
+        // The accept loop is a task of its own: as `run`'s main future it would
+        // be polled (one `accept4` → EAGAIN) on every wake-up of the thread.
+        let serving = ex.spawn(async move {
             match tls {
                 Some(tls) => {
                     tls_listener::serve_tls(listener, tls, handler, limits, ex2, shutdown).await
                 }
                 None => http_server::serve_tcp(listener, handler, limits, ex2, shutdown).await,
             }
-        }));
+        });
+        async_io::block_on(ex.run(serving));
         Ok(())
     }
 }

@@ -40,7 +40,18 @@ impl ShutdownWrite for std::os::unix::net::UnixStream {
 /// An async-io socket whose `poll_close` half-closes (async-io's own only
 /// flushes), so the lingering close can send FIN and keep reading. TLS wraps
 /// this: its close_notify goes out first, then the FIN.
-pub(crate) struct Socket<T>(pub(crate) Async<T>);
+pub(crate) struct Socket<T> {
+    io: Async<T>,
+    /// The last read would have blocked and left read interest armed with
+    /// async-io; no readiness event has been seen since.
+    armed: bool,
+}
+
+impl<T> Socket<T> {
+    pub(crate) fn new(io: Async<T>) -> Socket<T> {
+        Socket { io, armed: false }
+    }
+}
 
 impl<T> AsyncRead for Socket<T>
 where
@@ -51,7 +62,27 @@ where
         cx: &mut std::task::Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        if self.armed && self.io.poll_readable(cx).is_pending() {
+            // Nothing arrived since the last read would have blocked: trying
+            // again would only be another `recvfrom` returning EAGAIN. (Bytes
+            // the reactor has not reported yet are read when it does.)
+            return Poll::Pending;
+        }
+        let read = Pin::new(&mut self.io).poll_read(cx, buf);
+        self.armed = match read {
+            Poll::Pending => true,
+            // async-io remembers the readiness event that led here until the
+            // next `poll_readable`; left there, the next read that would block
+            // is tried twice (one wasted `recvfrom` per event). Taking it now
+            // costs no syscall. When there was none, this arms the interest
+            // now (epoll reports bytes already waiting at once), and, when
+            // this read drained the socket (it did not fill `buf`), the next
+            // read waits for the reactor instead of trying first: after a
+            // whole request the next read would nearly always block.
+            Poll::Ready(Ok(n)) if n > 0 => self.io.poll_readable(cx).is_pending() && n < buf.len(),
+            Poll::Ready(_) => false,
+        };
+        read
     }
 }
 
@@ -64,22 +95,22 @@ where
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
     fn poll_flush(
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        Pin::new(&mut self.io).poll_flush(cx)
     }
 
     fn poll_close(
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> Poll<io::Result<()>> {
-        smol::ready!(Pin::new(&mut self.0).poll_flush(cx))?;
-        Poll::Ready(self.0.get_ref().shutdown_write())
+        smol::ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+        Poll::Ready(self.io.get_ref().shutdown_write())
     }
 }
 

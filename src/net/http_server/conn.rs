@@ -95,6 +95,49 @@ pub(super) struct Conn<S> {
     out: usize,
     limits: Limits,
     shutdown: Shutdown,
+    /// The read deadline's reactor timer, kept for the connection's life.
+    alarm: Alarm,
+}
+
+/// One reactor timer per connection for the read deadlines. Registering a
+/// timer with async-io costs a wake-up of the reactor (an eventfd write and
+/// an extra `epoll_pwait` round), so it is set again only when a wait needs
+/// it to fire earlier than it already will. Deadlines on a keep-alive
+/// connection mostly move forward (now + the same timeout), so it is
+/// usually left alone; when it fires for an older, earlier deadline, the
+/// wait finds its own deadline not yet reached and sets it for that.
+struct Alarm {
+    timer: Timer,
+    /// When `timer` is set to fire; `None` once it has fired (or never was set).
+    at: Option<Instant>,
+}
+
+impl Alarm {
+    fn new() -> Alarm {
+        Alarm {
+            timer: Timer::never(),
+            at: None,
+        }
+    }
+
+    /// Ready once `deadline` has passed; registers the task's waker otherwise.
+    fn poll_until(&mut self, cx: &mut std::task::Context<'_>, deadline: Instant) -> Poll<()> {
+        loop {
+            if self.at.is_none_or(|at| at > deadline) {
+                self.timer.set_at(deadline);
+                self.at = Some(deadline);
+            }
+            match Pin::new(&mut self.timer).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(_) => {
+                    self.at = None;
+                    if Instant::now() >= deadline {
+                        return Poll::Ready(());
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The request parts the driver keeps while the body is read and the handler runs.
@@ -119,6 +162,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             out: 0,
             limits,
             shutdown,
+            alarm: Alarm::new(),
         }
     }
 
@@ -655,7 +699,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if self.end == self.inbuf.len() {
             return Ok(Input::Full);
         }
-        let mut timer = Timer::at(deadline);
         let mut shutdown = pin!(self.shutdown.wait());
         poll_fn(|cx| {
             if stop_on_shutdown && shutdown.as_mut().poll(cx).is_ready() {
@@ -670,7 +713,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {}
             }
-            if Pin::new(&mut timer).poll(cx).is_ready() {
+            if self.alarm.poll_until(cx, deadline).is_ready() {
                 return Poll::Ready(Ok(Input::Timeout));
             }
             Poll::Pending

@@ -235,7 +235,7 @@ pub async fn serve_tcp(
             if let Err(e) = stream.get_ref().set_nodelay(true) {
                 log::debug!("set_nodelay failed: {e}");
             }
-            let stream = Socket(stream);
+            let stream = Socket::new(stream);
             match admission {
                 Admission::Serve => {
                     serve_connection(stream, peer, None, handler, limits, shutdown).await
@@ -263,7 +263,7 @@ pub async fn serve_unix(
         let handler = handler.clone();
         let shutdown = conn_shutdown.clone();
         let fut: Pin<Box<dyn Future<Output = ()>>> = Box::pin(async move {
-            let stream = Socket(stream);
+            let stream = Socket::new(stream);
             match admission {
                 Admission::Serve => {
                     serve_connection(stream, None, None, handler, limits, shutdown).await
