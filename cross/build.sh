@@ -95,11 +95,20 @@ EOF
     chmod +x "$wrapper"
 
     export "CARGO_TARGET_${upper}_LINKER=$wrapper" "CC_${lower}=$wrapper" "AR_${lower}=ar"
-    export "CARGO_TARGET_${upper}_RUSTFLAGS=-C target-feature=+crt-static -C link-self-contained=no -C relocation-model=static -L $unwind"
+    # Size levers that need build-std (so only on this route):
+    # - std built with only `optimize_for_size` (std's smaller sort/formatting code), i.e.
+    #   without the default `backtrace` (and `panic-unwind`, unused under panic=abort): a panic
+    #   still prints its one-line message and location, but no symbolized backtrace, which
+    #   drops std's DWARF symbolizer (gimli, addr2line, miniz, demangler): ~120 KB of code.
+    # - no unwind tables: nothing unwinds under panic=abort, and .eh_frame/.eh_frame_hdr were
+    #   275 KB (15%) of the aarch64 binary.
+    # CROSS_STD_FEATURES / CROSS_RUSTFLAGS override or extend these.
+    std_features=${CROSS_STD_FEATURES-optimize_for_size}
+    export "CARGO_TARGET_${upper}_RUSTFLAGS=-C target-feature=+crt-static -C link-self-contained=no -C relocation-model=static -L $unwind -C force-unwind-tables=no ${CROSS_RUSTFLAGS:-}"
     export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTC_BOOTSTRAP=1
     # A separate target dir: Debian's rustc must not share artifacts with rustup's.
     export CARGO_TARGET_DIR="$root/target/cross"
-    /usr/bin/cargo build -Zbuild-std=std,panic_abort --target "$target" "$@"
+    /usr/bin/cargo build -Zbuild-std=std,panic_abort "-Zbuild-std-features=$std_features" --target "$target" "$@"
 fi
 
 dir=$(profile_dir "$@")
