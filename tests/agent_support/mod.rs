@@ -55,7 +55,7 @@ impl Req {
     }
 }
 
-fn read_request(stream: &mut TcpStream) -> Option<Req> {
+pub fn read_request(stream: &mut TcpStream) -> Option<Req> {
     let mut reader = BufReader::new(stream.try_clone().ok()?);
     let mut line = String::new();
     reader.read_line(&mut line).ok()?;
