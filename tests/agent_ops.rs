@@ -184,3 +184,42 @@ fn unusable_log_or_pid_file_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// A SIGHUP that arrives while the agent is still reading its configuration
+/// (an init system's reload racing the start) is dropped, not fatal. The
+/// env file is a FIFO, so the agent is provably inside startup when it
+/// gets the signal.
+#[test]
+fn sighup_during_startup_does_not_kill_the_agent() {
+    use std::io::Write;
+    let dir = temp_dir("early-hup");
+    let fifo = dir.join("agent.env");
+    let made = Command::new("mkfifo").arg(&fifo).status();
+    if !matches!(made, Ok(s) if s.success()) {
+        eprintln!("SKIP sighup_during_startup_does_not_kill_the_agent: mkfifo unavailable");
+        return;
+    }
+    let cp = FakeCp::start();
+    let mcp = echo_server();
+    let mut child = spawn(&cp, &mcp, &["--env-file", fifo.to_str().unwrap()]);
+    // Opening the write end blocks until the agent opens the read end.
+    let mut w = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    kill(&child, "-HUP");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the agent died of a SIGHUP during startup"
+    );
+    writeln!(w, "LOG_LEVEL=info").unwrap();
+    drop(w);
+
+    cp.push_batch(&[jsonrpc_command("after-early-hup", &call(1), "")]);
+    assert_eq!(posted(&cp.wait_posts(1)[0]).resp_code, 200);
+    // SIGHUP still works once running.
+    kill(&child, "-HUP");
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(child.try_wait().unwrap().is_none());
+    kill(&child, "-TERM");
+    assert_eq!(wait_exit(&mut child), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -34,6 +34,7 @@ use std::ffi::OsString;
 
 /// `mcp-tunnel agent …` (alias `run`); returns the exit code.
 pub fn cli_main(args: Vec<OsString>) -> i32 {
+    crate::ops::shutdown::hold_hangups();
     let env = |name: &str| std::env::var(name).ok();
     let cfg = match config::parse(args, &env) {
         Ok(config::Parsed::Run(cfg)) => cfg,

@@ -59,6 +59,20 @@ fn exit_code(signal: async_signal::Signal) -> i32 {
     }
 }
 
+/// SIGHUP handlers registered by [`hold_hangups`], kept until
+/// [`watch_signals`] has its own.
+static EARLY_HANGUPS: std::sync::Mutex<Option<async_signal::Signals>> = std::sync::Mutex::new(None);
+
+/// Catches SIGHUP from process start until [`watch_signals`] runs. Its default
+/// action kills the process, and an init system's reload (logrotate, OpenRC
+/// `reload`) can land while the configuration is still being read; a SIGHUP
+/// then has nothing to reload, so it is dropped. Call it first thing.
+pub fn hold_hangups() {
+    if let Ok(signals) = async_signal::Signals::new([async_signal::Signal::Hup]) {
+        *EARLY_HANGUPS.lock().unwrap_or_else(|e| e.into_inner()) = Some(signals);
+    }
+}
+
 /// Process signals via async-signal: the first SIGTERM or SIGINT triggers
 /// `shutdown`; a second one exits the process at once (exit code 130 for
 /// SIGINT, 143 for SIGTERM); each SIGHUP calls `on_hup` (reopen logs, reload
@@ -71,6 +85,13 @@ pub async fn watch_signals(
     use async_signal::{Signal, Signals};
 
     let mut signals = Signals::new([Signal::Term, Signal::Int, Signal::Hup])?;
+    // Ours are installed: the early catcher can go (what it caught is dropped).
+    drop(
+        EARLY_HANGUPS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(),
+    );
     while let Some(signal) = signals.next().await {
         match signal? {
             Signal::Hup => {

@@ -191,6 +191,7 @@ enum Outcome {
 
 /// Runs `mcp-tunnel relay` with the arguments after `relay`; returns the exit code.
 pub fn main(args: Vec<OsString>) -> i32 {
+    crate::ops::shutdown::hold_hangups();
     main_to(args, &mut std::io::stdout())
 }
 
