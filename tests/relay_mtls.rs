@@ -21,12 +21,15 @@ struct Setup {
     init: Init,
     _relay: Proc,
     addr: SocketAddr,
+    log: PathBuf,
 }
 
 /// A relay over TLS (server certificate for 127.0.0.1) asking for client
 /// certificates from the test CA; `admin` runs before it starts.
 fn setup(p: &Pki, tag: &str, admin: &[&[&str]]) -> Setup {
-    let init = relay_init(&scratch(tag));
+    let dir = scratch(tag);
+    let log = dir.join("relay.log");
+    let init = relay_init(&dir);
     let t = init.tunnel.clone();
     for a in admin {
         let args: Vec<&str> = a
@@ -42,11 +45,14 @@ fn setup(p: &Pki, tag: &str, admin: &[&[&str]]) -> Setup {
         p.server.1.to_str().unwrap(),
         "--client-ca",
         p.ca.to_str().unwrap(),
+        "--log-file",
+        log.to_str().unwrap(),
     ]);
     Setup {
         init,
         _relay: relay,
         addr,
+        log,
     }
 }
 
@@ -262,6 +268,17 @@ fn certificates_not_bound_missing_or_from_another_ca_are_refused() {
     )
     .expect_err("handshake refused");
     eprintln!("untrusted client certificate: {e} ({:?})", tls_failure(&e));
+    // The operator sees why (a warning, not a debug line).
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = std::fs::read_to_string(&s.log).unwrap_or_default();
+        if log.contains("refused: client certificate") {
+            assert!(log.contains("WARN"), "{log}");
+            break;
+        }
+        assert!(Instant::now() < until, "no warning in {log}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // The binding is live: unbinding refuses the next request, no restart.
     s.init.admin(&[
         "relay",

@@ -153,9 +153,33 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// A refused client certificate is a deployment problem the operator must see
+/// (an agent or connector that will never get in); other failures (scanners,
+/// plain HTTP on the TLS port, clients that hang up) stay at debug. Warnings
+/// are limited to one per second so a hostile peer cannot flood the log.
+fn log_handshake_failure(peer: Option<SocketAddr>, e: &std::io::Error) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST_WARNED_SECOND: AtomicU64 = AtomicU64::new(0);
+    let rustls_error = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    let certificate = matches!(
+        rustls_error,
+        Some(rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented)
+    );
+    let second = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if certificate && LAST_WARNED_SECOND.swap(second, Ordering::Relaxed) != second {
+        log::warn!("TLS handshake with {peer:?} refused: client certificate: {e}");
+    } else {
+        log::debug!("TLS handshake with {peer:?} failed: {e}");
+    }
+}
+
 /// [`serve_tcp`](crate::net::http_server::serve_tcp) behind TLS. The handshake
-/// must complete within `limits.head_timeout`; a failed one is logged (debug)
-/// and the connection closed. `Request::client_cert` carries the DER of the
+/// must complete within `limits.head_timeout`; a failed one is logged (see
+/// [`log_handshake_failure`]) and the connection closed. `Request::client_cert` carries the DER of the
 /// client's leaf certificate when it presented one (verified against the CA).
 /// Over the connection cap, the handshake is still done so the 503 is readable.
 pub async fn serve_tls(
@@ -187,7 +211,7 @@ pub async fn serve_tls(
             let tls = match handshake {
                 Some(Ok(tls)) => tls,
                 Some(Err(e)) => {
-                    log::debug!("TLS handshake with {peer:?} failed: {e}");
+                    log_handshake_failure(peer, &e);
                     return;
                 }
                 None => {
