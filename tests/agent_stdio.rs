@@ -205,6 +205,30 @@ fn deadline_retires_the_id_and_the_same_child_answers_next() {
     assert_eq!(agent.stop(), 0);
 }
 
+/// Two clients of one channel may both use id 7: the second must get its own
+/// answer, never the late answer to the first (which timed out).
+#[test]
+fn a_late_answer_never_answers_a_later_request_with_the_same_id() {
+    let cp = FakeCp::start();
+    cp.push_batch(&[jsonrpc_command("s-0", &tool(1, "echo"), "")]);
+    let agent = start_agent_with(&cp, &["--mcp.command", &stdio("main", "normal")]);
+    wait_final(&cp, "s-0");
+    cp.push_batch(&[
+        jsonrpc_command("s-1", &tool(7, "hang"), r#","response_timeout":"1s""#),
+        jsonrpc_command("s-2", &tool(7, "echo"), ""),
+    ]);
+    let ps = wait_final(&cp, "s-2");
+    assert_eq!(ps.len(), 1);
+    let j = json_of(&ps[0]);
+    assert!(j.contains("\"args\"") && !j.contains("late"), "{j}");
+    assert!(
+        j.replace(' ', "").contains("\"id\":7"),
+        "the client's own id comes back: {j}"
+    );
+    assert!(posts_for(&cp, "s-1").is_empty());
+    assert_eq!(agent.stop(), 0);
+}
+
 #[test]
 fn garbage_lines_are_skipped() {
     let cp = FakeCp::start();

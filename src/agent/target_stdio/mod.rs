@@ -6,6 +6,9 @@
 //! starts the child, restarts it with backoff when it dies and stops it at the
 //! end. The channel's single worker thread runs one request at a time.
 //!
+//! Requests are written under wire ids of ours (see `State::next_wire_id`);
+//! the client's id is put back into the answer.
+//!
 //! Routing (reader): a notification goes to the request in flight (else it is
 //! dropped); an answer goes to the request in flight when the ids match, is
 //! discarded when its id was retired, and is skipped otherwise; a server→client
@@ -70,7 +73,8 @@ enum Ev {
     /// The request line was written (or could not be).
     Written(Result<(), ErrorKind>),
     Notify(Vec<u8>),
-    Final(Vec<u8>),
+    /// The answer line and where its id is in it.
+    Final(Vec<u8>, std::ops::Range<usize>),
     TooLong,
     Closed,
 }
@@ -82,7 +86,8 @@ struct WriteJob {
 
 struct Slot {
     generation: u64,
-    id: Vec<u8>,
+    /// The id the child saw (see [`State::next_wire_id`]).
+    wire_id: Vec<u8>,
     tx: SyncSender<Ev>,
 }
 
@@ -107,6 +112,11 @@ struct State {
     running: Option<Running>,
     slot: Option<Slot>,
     retired: RetiredIds,
+    /// Requests reach the child under ids of ours, never reused: two clients
+    /// of one channel can both send id 1, and a late answer to a request that
+    /// timed out must never be taken for a later request's answer. The
+    /// client's own id is put back into the answer.
+    next_wire_id: u64,
 }
 
 struct Shared {
@@ -165,6 +175,7 @@ impl StdioTarget {
                 running: None,
                 slot: None,
                 retired: RetiredIds::new(MAX_RETIRED),
+                next_wire_id: 1,
             }),
             changed: Condvar::new(),
         });
@@ -279,7 +290,7 @@ impl StdioTarget {
             };
         };
         let (tx, rx) = sync_channel::<Ev>(1);
-        let writer = {
+        let (writer, wire_id) = {
             let mut st = self.shared.lock();
             let Some(run) = st
                 .running
@@ -289,16 +300,20 @@ impl StdioTarget {
                 return fail(S::TransportClosed, K::ConnectionClosed);
             };
             let writer = run.writer.clone();
-            if let Some(id) = &id {
-                // A new request reusing a retired id must get its own answer.
-                st.retired.take(id);
+            let mut wire_id = None;
+            if let (Some(_), Some(range)) = (&id, info.id.clone()) {
+                let wire = st.next_wire_id.to_string().into_bytes();
+                st.next_wire_id += 1;
+                // Blanking newlines kept every offset: the body's id range is the line's.
+                line.splice(range, wire.iter().copied());
                 st.slot = Some(Slot {
                     generation,
-                    id: id.clone(),
+                    wire_id: wire.clone(),
                     tx: tx.clone(),
                 });
+                wire_id = Some(wire);
             }
-            writer
+            (writer, wire_id)
         };
         if writer
             .send(WriteJob {
@@ -326,7 +341,7 @@ impl StdioTarget {
                     self.kill(generation);
                 } else {
                     // Its answer may still come: discard it then, keep the pipes open.
-                    self.clear_slot(generation, id.as_deref());
+                    self.clear_slot(generation, wire_id.as_deref());
                 }
             }
         }
@@ -376,9 +391,17 @@ impl StdioTarget {
                         return Outcome::Aborted;
                     }
                 }
-                Ev::Final(msg) => {
+                Ev::Final(msg, id_at) => {
+                    // The client's own id back in place of the wire id.
                     bufs.body.clear();
-                    bufs.body.extend_from_slice(&msg);
+                    match (msg.get(..id_at.start), msg.get(id_at.end..), id) {
+                        (Some(head), Some(tail), Some(id)) => {
+                            bufs.body.extend_from_slice(head);
+                            bufs.body.extend_from_slice(id);
+                            bufs.body.extend_from_slice(tail);
+                        }
+                        _ => bufs.body.extend_from_slice(&msg),
+                    }
                     return Outcome::Answer {
                         status: 200,
                         headers: vec![(
@@ -785,7 +808,7 @@ fn route(shared: &Shared, generation: u64, ev: LineEvent<'_>, garbage_log: &mut 
             }
         }
         MessageKind::Response | MessageKind::Error => {
-            let Some(id) = info.id_bytes(line) else {
+            let (Some(id), Some(id_at)) = (info.id_bytes(line), info.id.clone()) else {
                 return;
             };
             let tx = {
@@ -795,7 +818,7 @@ fn route(shared: &Shared, generation: u64, ev: LineEvent<'_>, garbage_log: &mut 
                     return;
                 }
                 match &st.slot {
-                    Some(s) if s.generation == generation && same_id(&s.id, id) => {
+                    Some(s) if s.generation == generation && same_id(&s.wire_id, id) => {
                         Some(s.tx.clone())
                     }
                     _ => None,
@@ -803,7 +826,7 @@ fn route(shared: &Shared, generation: u64, ev: LineEvent<'_>, garbage_log: &mut 
             };
             match tx {
                 Some(tx) => {
-                    let _ = tx.send(Ev::Final(line.to_vec()));
+                    let _ = tx.send(Ev::Final(line.to_vec(), id_at));
                 }
                 None => log::warn!(
                     "channel {ch}: answer for id {} matches no request in flight; skipped",
