@@ -229,6 +229,41 @@ fn a_late_answer_never_answers_a_later_request_with_the_same_id() {
     assert_eq!(agent.stop(), 0);
 }
 
+/// A restarted child has lost the client's session: the agent gives it the
+/// client's initialize (and initialized notification) again before the next
+/// call, and that call gets its own answer.
+#[test]
+fn a_restarted_child_is_initialized_again_before_the_next_call() {
+    let cp = FakeCp::start();
+    let agent = start_agent_with(&cp, &["--mcp.command", &stdio("main", "strict")]);
+    let initialized = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+    cp.push_batch(&[jsonrpc_command("i-1", &initialize(1), "")]);
+    wait_final(&cp, "i-1");
+    cp.push_batch(&[jsonrpc_command("i-2", initialized, "")]);
+    wait_final(&cp, "i-2");
+    cp.push_batch(&[jsonrpc_command("i-3", &tool(3, "echo"), "")]);
+    let first = pid_of(last(&wait_final(&cp, "i-3")));
+
+    cp.push_batch(&[jsonrpc_command("i-4", &tool(4, "crash"), "")]);
+    assert_eq!(
+        failure_source(last(&wait_final(&cp, "i-4"))),
+        "transport_closed"
+    );
+
+    cp.push_batch(&[jsonrpc_command("i-5", &tool(5, "echo"), "")]);
+    let ps = wait_final(&cp, "i-5");
+    assert_eq!(ps.len(), 1, "the replay's answer is posted to nobody");
+    let j = json_of(&ps[0]);
+    assert_eq!(ps[0].resp_code, 200, "{j}");
+    let compact = j.replace(' ', "");
+    assert!(
+        compact.contains("\"id\":5") && compact.contains("\"inits\":1"),
+        "{j}"
+    );
+    assert_ne!(pid_of(&ps[0]), first, "a new child answered");
+    assert_eq!(agent.stop(), 0);
+}
+
 #[test]
 fn garbage_lines_are_skipped() {
     let cp = FakeCp::start();

@@ -117,6 +117,11 @@ struct State {
     /// timed out must never be taken for a later request's answer. The
     /// client's own id is put back into the answer.
     next_wire_id: u64,
+    /// The client's last successful `initialize` (its raw message and id),
+    /// replayed to a restarted child before anything else reaches it.
+    handshake: Option<(Vec<u8>, Vec<u8>)>,
+    /// The child generation that has been initialized (by the client or a replay).
+    initialized: u64,
 }
 
 struct Shared {
@@ -176,6 +181,8 @@ impl StdioTarget {
                 slot: None,
                 retired: RetiredIds::new(MAX_RETIRED),
                 next_wire_id: 1,
+                handshake: None,
+                initialized: 0,
             }),
             changed: Condvar::new(),
         });
@@ -266,6 +273,9 @@ impl StdioTarget {
             return fail(S::ClientInternal, K::Unknown);
         };
         let is_initialize = info.method.as_deref() == Some("initialize");
+        if !is_initialize && info.method.as_deref() != Some("notifications/initialized") {
+            self.replay_handshake(budget, bufs);
+        }
         // One message per line: raw newlines can only be whitespace between
         // JSON tokens (inside strings they are escaped), so blanking them
         // keeps the message and its meaning.
@@ -328,7 +338,12 @@ impl StdioTarget {
         drop(writer);
         let outcome = self.await_answer(&rx, id.as_deref(), budget, bufs, on_notify);
         match &outcome {
-            Outcome::Answer { .. } | Outcome::Ack { .. } => self.clear_slot(generation, None),
+            Outcome::Answer { .. } | Outcome::Ack { .. } => {
+                self.clear_slot(generation, None);
+                if is_initialize {
+                    self.remember_handshake(generation, body, id.as_deref(), &bufs.body);
+                }
+            }
             Outcome::Expired | Outcome::Failure(_) | Outcome::Aborted => {
                 let timed_out = matches!(outcome, Outcome::Expired)
                     || matches!(&outcome, Outcome::Failure(f) if f.source == S::Timeout);
@@ -346,6 +361,60 @@ impl StdioTarget {
             }
         }
         outcome
+    }
+
+    /// Keeps a successful `initialize` for [`Self::replay_handshake`].
+    fn remember_handshake(
+        &self,
+        generation: u64,
+        request: &[u8],
+        id: Option<&[u8]>,
+        answer: &[u8],
+    ) {
+        let succeeded =
+            inspect(answer, &json_limits()).is_ok_and(|a| matches!(a.kind, MessageKind::Response));
+        if let (true, Some(id)) = (succeeded, id) {
+            let mut st = self.shared.lock();
+            st.handshake = Some((request.to_vec(), id.to_vec()));
+            st.initialized = generation;
+        }
+    }
+
+    /// A restarted child has lost the session the client opened with
+    /// `initialize`; servers refuse requests before one. The client cannot
+    /// know (stdio has no session id to lose), so the agent replays the
+    /// client's `initialize` and `notifications/initialized` first, within
+    /// this request's budget. The replay's answer goes nowhere.
+    fn replay_handshake(&self, budget: Budget, bufs: &mut TargetBuffers) {
+        let Some(generation) = self.wait_until_up(budget) else {
+            return;
+        };
+        let (request, id) = {
+            let st = self.shared.lock();
+            match &st.handshake {
+                Some(h) if st.initialized != generation => h.clone(),
+                _ => return,
+            }
+        };
+        let ch = &self.shared.channel;
+        let mut ignore = |_: &[u8]| NotifyVerdict::Continue;
+        let expect = Expect::Response { id: Some(&id) };
+        match self.forward(&request, expect, budget, bufs, &mut ignore) {
+            Outcome::Answer { .. } => {
+                let initialized = br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+                let _ = self.forward(initialized, Expect::Ack, budget, bufs, &mut ignore);
+                log::info!("channel {ch}: the restarted stdio MCP server was given the client's initialize again");
+            }
+            _ => log::warn!(
+                "channel {ch}: replaying initialize to the restarted stdio MCP server failed"
+            ),
+        }
+        // One replay per child, whatever came of it: a child that refuses it
+        // answers the requests themselves with its own errors.
+        let mut st = self.shared.lock();
+        st.initialized = st.initialized.max(generation);
+        drop(st);
+        bufs.body.clear();
     }
 
     fn await_answer(
