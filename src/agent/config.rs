@@ -250,6 +250,26 @@ pub struct AgentConfig {
     pub edge: EdgeConfig,
 }
 
+impl AgentConfig {
+    /// Whether any connection the agent opens uses TLS: the control plane or
+    /// an HTTP target with an `https://` URL (proxies are plain HTTP CONNECT
+    /// proxies). Without one the system trust store is never needed, and an
+    /// idle agent does not keep its few hundred parsed certificates.
+    pub fn dials_https(&self) -> bool {
+        let tls = |url: &str| {
+            // Anything but a plain http:// URL counts, so a URL that somehow
+            // does not parse here still gets the roots.
+            url.parse::<http::Uri>()
+                .map_or(true, |u| u.scheme_str() != Some("http"))
+        };
+        tls(&self.base_url)
+            || self.targets.iter().any(|t| match &t.spec {
+                TargetSpec::Http { url, .. } => tls(url),
+                TargetSpec::Stdio { .. } => false,
+            })
+    }
+}
+
 pub enum Parsed {
     Run(Box<AgentConfig>),
     Help,
@@ -914,6 +934,33 @@ mod tests {
                 .collect(),
             TargetSpec::Stdio { .. } => panic!("not HTTP"),
         }
+    }
+
+    #[test]
+    fn dials_https_only_when_a_url_is_https() {
+        let plain = |extra: &[&str]| {
+            let mut a = vec!["--control-plane.base-url", "http://127.0.0.1:8081"];
+            a.extend_from_slice(extra);
+            run(&a, &env_of(BASE)).unwrap()
+        };
+        // Defaults: the control plane is https://api.openai.com.
+        assert!(run(&[], &env_of(BASE)).unwrap().dials_https());
+        assert!(!plain(&[]).dials_https());
+        assert!(plain(&["--mcp.server-url", "https://mcp.internal/mcp"]).dials_https());
+        assert!(plain(&[
+            "--mcp.server-url",
+            "channel=a,url=http://127.0.0.1:9/mcp",
+            "--mcp.server-url",
+            "channel=b,url=HTTPS://docs.internal/mcp",
+        ])
+        .dials_https());
+        assert!(!plain(&[
+            "--mcp.server-url",
+            "channel=a,url=http://127.0.0.1:9/mcp",
+            "--mcp.command",
+            "channel=fs,command=cat",
+        ])
+        .dials_https());
     }
 
     #[test]

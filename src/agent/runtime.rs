@@ -139,7 +139,7 @@ async fn run_async(
             max_idle: cfg.max_concurrent,
             max_idle_age: cfg.connection_max_ttl,
         },
-        super::edge::clients(&cfg.edge, &cfg.base_url),
+        super::edge::clients(&cfg.edge, &cfg.base_url, cfg.dials_https()),
         &http_edges,
     );
     let cp = Arc::new(
