@@ -14,6 +14,7 @@
 //!   because different parsers pick different duplicates and that disagreement
 //!   is exploitable.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 use std::ops::Range;
@@ -122,6 +123,7 @@ pub fn object_members(
     limits: &Limits,
 ) -> Result<Vec<(String, Range<usize>)>, JsonError> {
     members(bytes, limits, Mode::STRICT, usize::MAX)
+        .map(|m| m.into_iter().map(|(k, r)| (k.into_owned(), r)).collect())
 }
 
 /// Elements of the top-level array, as raw byte ranges.
@@ -149,12 +151,15 @@ impl Mode {
     };
 }
 
-pub(crate) fn members(
-    bytes: &[u8],
+/// Members of the object `bytes`, with the raw byte range of each value. A
+/// key borrows from `bytes` unless it has escapes (or, lenient, bad UTF-8):
+/// the objects on the command path then cost one allocation, not one per key.
+pub(crate) fn members<'a>(
+    bytes: &'a [u8],
     limits: &Limits,
     mode: Mode,
     max_items: usize,
-) -> Result<Vec<(String, Range<usize>)>, JsonError> {
+) -> Result<Vec<(Cow<'a, str>, Range<usize>)>, JsonError> {
     if bytes.len() > limits.max_len {
         return Err(JsonError::TooLarge);
     }
@@ -168,7 +173,7 @@ pub(crate) fn members(
         return Err(JsonError::TooDeep);
     }
     let inner_depth = limits.max_depth - 1;
-    let mut out: Vec<(String, Range<usize>)> = Vec::new();
+    let mut out: Vec<(Cow<'a, str>, Range<usize>)> = Vec::new();
     // Objects here have a handful of keys: comparing with the ones already
     // read is cheaper than hashing; big objects switch to a set.
     let mut seen: Option<HashSet<String>> = None;
@@ -184,11 +189,8 @@ pub(crate) fn members(
             });
         }
         let key_end = scan_string(bytes, i, mode.utf8)?;
-        let key = if mode.utf8 {
-            parse_string(&bytes[i..key_end])?
-        } else {
-            parse_string_lossy(&bytes[i..key_end])
-        };
+        // Scanned (and, strict, checked for UTF-8 and escapes) just now.
+        let key = scanned_str(&bytes[i + 1..key_end - 1]);
         i = skip_ws(bytes, key_end);
         expect_byte(bytes, i, b':', "':'")?;
         let vstart = skip_ws(bytes, i + 1);
@@ -197,7 +199,7 @@ pub(crate) fn members(
             return Err(JsonError::TooManyItems { max: max_items });
         }
         if mode.unique_keys && is_duplicate(&key, &out, &mut seen) {
-            return Err(JsonError::DuplicateKey(truncate_key(key)));
+            return Err(JsonError::DuplicateKey(truncate_key(key.into_owned())));
         }
         out.push((key, vstart..vend));
         i = skip_ws(bytes, vend);
@@ -220,13 +222,13 @@ const LINEAR_KEYS: usize = 16;
 
 fn is_duplicate(
     key: &str,
-    out: &[(String, Range<usize>)],
+    out: &[(Cow<'_, str>, Range<usize>)],
     seen: &mut Option<HashSet<String>>,
 ) -> bool {
     if out.len() < LINEAR_KEYS {
         return out.iter().any(|(k, _)| k == key);
     }
-    let set = seen.get_or_insert_with(|| out.iter().map(|(k, _)| k.clone()).collect());
+    let set = seen.get_or_insert_with(|| out.iter().map(|(k, _)| k.to_string()).collect());
     !set.insert(key.to_string())
 }
 
@@ -620,13 +622,17 @@ pub fn parse_string(raw: &[u8]) -> Result<String, JsonError> {
     Ok(unescape(&raw[1..end - 1]))
 }
 
-/// Like [`parse_string`] for an already-scanned literal whose bytes may not
-/// be UTF-8: bad bytes become U+FFFD. Only for diagnostics and lenient keys.
-pub(crate) fn parse_string_lossy(raw: &[u8]) -> String {
-    let inner = raw
-        .get(1..raw.len().saturating_sub(1))
-        .unwrap_or(&[] as &[u8]);
-    unescape(inner)
+/// The inside of a scanned string literal as text: borrowed when it has no
+/// escape and is UTF-8 (the common case), else unescaped, with bytes that
+/// are not UTF-8 (lenient scans only) as U+FFFD.
+pub(crate) fn scanned_str(inner: &[u8]) -> Cow<'_, str> {
+    if inner.contains(&b'\\') {
+        return Cow::Owned(unescape(inner));
+    }
+    match std::str::from_utf8(inner) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => Cow::Owned(String::from_utf8_lossy(inner).into_owned()),
+    }
 }
 
 /// Unescape the inside of a scanned string literal.

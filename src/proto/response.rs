@@ -183,7 +183,7 @@ pub fn decode(body: &[u8], limits: &json::Limits) -> Result<DecodedResponse, Res
     let (mut have_id, mut have_code) = (false, false);
     for (key, range) in members {
         let raw = &body[range.clone()];
-        match key.as_str() {
+        match &*key {
             "request_id" => {
                 out.request_id = string(raw, "request_id")?;
                 if out.request_id.is_empty() {
@@ -274,7 +274,7 @@ fn header_map(
             values.push(v);
         }
         count += values.len();
-        out.push((name, values));
+        out.push((name.into_owned(), values));
     }
     Ok(out)
 }
