@@ -317,7 +317,7 @@ pub(crate) fn scan_value(
     utf8: bool,
 ) -> Result<usize, JsonError> {
     // true = object, false = array; never longer than `depth_left`.
-    let mut stack: Vec<bool> = Vec::new();
+    let mut stack = Nesting::default();
     'value: loop {
         match bytes.get(i) {
             None => return Err(JsonError::Truncated),
@@ -353,7 +353,7 @@ pub(crate) fn scan_value(
         }
         // A value just ended at `i`: close containers or move to the next element.
         loop {
-            let Some(&is_obj) = stack.last() else {
+            let Some(is_obj) = stack.last() else {
                 return Ok(i);
             };
             i = skip_ws(bytes, i);
@@ -378,6 +378,53 @@ pub(crate) fn scan_value(
                     })
                 }
             }
+        }
+    }
+}
+
+/// The open containers of [`scan_value`] (true = object): the first 128
+/// levels as bits, so the usual document costs no allocation; deeper ones
+/// (bounded by the depth limit) spill to a vector.
+#[derive(Default)]
+struct Nesting {
+    len: usize,
+    low: u128,
+    deep: Vec<bool>,
+}
+
+impl Nesting {
+    const INLINE: usize = 128;
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn push(&mut self, is_obj: bool) {
+        if self.len < Self::INLINE {
+            let bit = 1u128 << self.len;
+            if is_obj {
+                self.low |= bit;
+            } else {
+                self.low &= !bit;
+            }
+        } else {
+            self.deep.push(is_obj);
+        }
+        self.len += 1;
+    }
+
+    fn pop(&mut self) {
+        if self.len > Self::INLINE {
+            self.deep.pop();
+        }
+        self.len = self.len.saturating_sub(1);
+    }
+
+    fn last(&self) -> Option<bool> {
+        match self.len {
+            0 => None,
+            n if n <= Self::INLINE => Some(self.low & (1u128 << (n - 1)) != 0),
+            _ => self.deep.last().copied(),
         }
     }
 }
@@ -856,6 +903,40 @@ mod tests {
             );
         }
         assert!(parse_string(b"\"\\ud800\"").is_err());
+    }
+
+    #[test]
+    fn nesting_kinds_tracked_past_the_inline_levels() {
+        let l = Limits {
+            max_depth: 400,
+            max_len: 1 << 20,
+        };
+        // Objects and arrays interleaved in an irregular pattern, 300 deep:
+        // every closing bracket must match its own level, inline or spilled.
+        let kinds: Vec<bool> = (0..300).map(|i| i % 3 == 0 || i % 7 == 0).collect();
+        let doc = |swap_at: Option<usize>| {
+            let mut d = String::new();
+            for &obj in &kinds {
+                d.push_str(if obj { "{\"k\":" } else { "[" });
+            }
+            d.push('1');
+            for (i, &obj) in kinds.iter().enumerate().rev() {
+                // Closing with the other kind's bracket at one level.
+                let obj = if swap_at == Some(i) { !obj } else { obj };
+                d.push(if obj { '}' } else { ']' });
+            }
+            d
+        };
+        assert_eq!(validate(doc(None).as_bytes(), &l), Ok(()));
+        for level in [0, 1, 126, 127, 128, 129, 200, 299] {
+            assert!(
+                matches!(
+                    validate(doc(Some(level)).as_bytes(), &l),
+                    Err(JsonError::Syntax { .. })
+                ),
+                "wrong bracket at level {level} accepted"
+            );
+        }
     }
 
     #[test]
