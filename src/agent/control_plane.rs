@@ -86,7 +86,9 @@ pub struct ControlPlane {
     instance_id: String,
     server_info: String,
     organization: Option<String>,
-    poll_channels: Vec<Channel>,
+    /// The poll query after `limit`: `&timeout_ms=…` and a `&channel=…` per
+    /// explicit channel (names are `[a-z0-9_-]`: nothing to escape).
+    poll_query: String,
     poll_timeout: Duration,
     poll_buf: Mutex<Vec<u8>>,
     poll_limits: PollLimits,
@@ -185,6 +187,16 @@ impl std::fmt::Display for StartupError {
 
 impl std::error::Error for StartupError {}
 
+/// The query parameters after `limit`, in the order they always had.
+fn poll_query(timeout: Duration, channels: &[Channel]) -> String {
+    let mut q = format!("&timeout_ms={}", timeout.as_millis());
+    for c in channels {
+        q.push_str("&channel=");
+        q.push_str(c.as_str());
+    }
+    q
+}
+
 /// The headers [`ControlPlane::with_headers`] adds besides Authorization, in
 /// its order, or `None` when one value is not a valid header value.
 fn fixed_headers(
@@ -224,11 +236,8 @@ impl ControlPlane {
             "{}{}/v1/tunnels/{}",
             cfg.base_url, cfg.url_path, cfg.tunnel_id
         );
-        let fixed_headers = fixed_headers(
-            &instance_id,
-            &server_info,
-            cfg.organization_id.as_deref(),
-        );
+        let fixed_headers =
+            fixed_headers(&instance_id, &server_info, cfg.organization_id.as_deref());
         ControlPlane {
             agent,
             poll_url: format!("{tunnel_url}/poll"),
@@ -239,11 +248,14 @@ impl ControlPlane {
             instance_id,
             server_info,
             organization: cfg.organization_id.clone(),
-            poll_channels: if cfg.explicit_channels {
-                cfg.channels.clone()
-            } else {
-                Vec::new()
-            },
+            poll_query: poll_query(
+                cfg.poll_timeout,
+                if cfg.explicit_channels {
+                    &cfg.channels
+                } else {
+                    &[]
+                },
+            ),
             poll_timeout: cfg.poll_timeout,
             poll_buf: Mutex::new(Vec::new()),
             poll_limits: PollLimits::default(),
@@ -356,14 +368,10 @@ impl ControlPlane {
     /// One long poll (blocking; runs on the poll thread).
     pub fn poll(&self, limit: usize) -> PollResult {
         let limit = limit.clamp(1, 25);
-        let mut req = self
-            .with_headers(self.agent.get(&self.poll_url))
-            .query("limit", limit.to_string())
-            .query("timeout_ms", self.poll_timeout.as_millis().to_string());
-        for c in &self.poll_channels {
-            req = req.query("channel", c.as_str());
-        }
-        let req = req
+        // The whole URL at once: ureq's query builder encodes and re-parses per call.
+        let url = format!("{}?limit={limit}{}", self.poll_url, self.poll_query);
+        let req = self
+            .with_headers(self.agent.get(&url))
             .config()
             .timeout_global(Some(self.poll_timeout + POLL_GUARD))
             .build();
@@ -459,6 +467,19 @@ pub fn read_error_code(resp: &mut ureq::http::Response<ureq::Body>) -> Option<St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn poll_query_has_timeout_then_channels() {
+        let chans = [Channel::parse("docs").unwrap(), Channel::main()];
+        assert_eq!(
+            poll_query(Duration::from_secs(25), &chans),
+            "&timeout_ms=25000&channel=docs&channel=main"
+        );
+        assert_eq!(
+            poll_query(Duration::from_millis(1500), &[]),
+            "&timeout_ms=1500"
+        );
+    }
 
     #[test]
     fn fixed_headers_parsed_once_in_order() {
