@@ -68,11 +68,11 @@ impl JobQueue {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues `job` unless the queue is full or closed (then hands it back).
-    fn try_push(&self, job: Job) -> Result<(), Job> {
+    /// Queues `job` unless the queue is full or closed: then hands it back.
+    fn try_push(&self, job: Job) -> Option<Job> {
         let mut st = self.lock();
         if st.closed || st.jobs.len() >= self.cap {
-            return Err(job);
+            return Some(job);
         }
         st.jobs.push_back(job);
         let wake = st.sleeping > 0;
@@ -80,7 +80,7 @@ impl JobQueue {
         if wake {
             self.ready.notify_one();
         }
-        Ok(())
+        None
     }
 
     /// The next job; `None` once the queue is closed and empty.
@@ -252,7 +252,7 @@ impl Workers {
                 break;
             };
             self.inflight.fetch_add(1, Ordering::AcqRel);
-            if let Err(job) = pool.queue.try_push(job) {
+            if let Some(job) = pool.queue.try_push(job) {
                 // Full (or closed after the drain): keep it for later, in order.
                 self.inflight.fetch_sub(1, Ordering::AcqRel);
                 overflow.push_front(job);
@@ -306,9 +306,9 @@ mod tests {
     #[test]
     fn queue_is_bounded_fifo_and_drains_after_close() {
         let q = JobQueue::new(2);
-        assert!(q.try_push(job("a")).is_ok());
-        assert!(q.try_push(job("b")).is_ok());
-        let back = q.try_push(job("c")).err().map(|j| j.command.request_id);
+        assert!(q.try_push(job("a")).is_none());
+        assert!(q.try_push(job("b")).is_none());
+        let back = q.try_push(job("c")).map(|j| j.command.request_id);
         assert_eq!(
             back.as_deref(),
             Some("c"),
@@ -317,7 +317,7 @@ mod tests {
         assert_eq!(q.len(), 2);
         assert_eq!(id(q.pop_blocking()).as_deref(), Some("a"));
         q.close();
-        assert!(q.try_push(job("d")).is_err(), "closed: nothing new");
+        assert!(q.try_push(job("d")).is_some(), "closed: nothing new");
         assert_eq!(
             id(q.pop_blocking()).as_deref(),
             Some("b"),
@@ -346,8 +346,8 @@ mod tests {
             assert!(Instant::now() < until, "workers did not block");
             std::thread::yield_now();
         }
-        assert!(q.try_push(job("x")).is_ok());
-        assert!(q.try_push(job("y")).is_ok());
+        assert!(q.try_push(job("x")).is_none());
+        assert!(q.try_push(job("y")).is_none());
         let mut got = vec![
             rx.recv_timeout(Duration::from_secs(10)).unwrap(),
             rx.recv_timeout(Duration::from_secs(10)).unwrap(),

@@ -151,6 +151,9 @@ impl Mode {
     };
 }
 
+/// An object's keys and the raw byte ranges of their values.
+pub(crate) type Members<'a> = Vec<(Cow<'a, str>, Range<usize>)>;
+
 /// Members of the object `bytes`, with the raw byte range of each value. A
 /// key borrows from `bytes` unless it has escapes (or, lenient, bad UTF-8):
 /// the objects on the command path then cost one allocation, not one per key.
@@ -159,7 +162,7 @@ pub(crate) fn members<'a>(
     limits: &Limits,
     mode: Mode,
     max_items: usize,
-) -> Result<Vec<(Cow<'a, str>, Range<usize>)>, JsonError> {
+) -> Result<Members<'a>, JsonError> {
     if bytes.len() > limits.max_len {
         return Err(JsonError::TooLarge);
     }
@@ -173,7 +176,7 @@ pub(crate) fn members<'a>(
         return Err(JsonError::TooDeep);
     }
     let inner_depth = limits.max_depth - 1;
-    let mut out: Vec<(Cow<'a, str>, Range<usize>)> = Vec::new();
+    let mut out: Members<'a> = Vec::new();
     // Objects here have a handful of keys: comparing with the ones already
     // read is cheaper than hashing; big objects switch to a set.
     let mut seen: Option<HashSet<String>> = None;
