@@ -222,3 +222,56 @@ fn a_channel_proxy_password_is_never_echoed_nor_logged() {
     );
     assert!(!stderr.contains("hunter2"), "{stderr}");
 }
+
+/// The system trust store is read only when some URL is https: with every
+/// URL plain http, a trust store that cannot be read is never even noticed;
+/// with an https channel it is (and logged).
+#[test]
+fn system_trust_store_is_loaded_only_for_https() {
+    let stderr_of = |https_channel: bool| {
+        let mcp = spawn_server(|_req, stream| {
+            respond(
+                stream,
+                200,
+                &[("Content-Type", "application/json")],
+                br#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
+            );
+        });
+        let cp = FakeCp::start();
+        cp.push_batch(&[jsonrpc_command("t", &call(1), "")]);
+        let main = format!("channel=main,url=http://{mcp}/mcp");
+        let mut args = vec!["agent", "--mcp.server-url", main.as_str()];
+        if https_channel {
+            // Never contacted: no command is for this channel.
+            args.extend([
+                "--mcp.server-url",
+                "channel=docs,url=https://127.0.0.1:1/mcp",
+            ]);
+        }
+        let mut child = Command::new(BIN)
+            .args(&args)
+            .env_clear()
+            .env("CONTROL_PLANE_BASE_URL", cp.url())
+            .env("CONTROL_PLANE_TUNNEL_ID", "tunnel_test")
+            .env("CONTROL_PLANE_API_KEY", "sk-test-key")
+            .env("CONTROL_PLANE_POLL_TIMEOUT", "1s")
+            .env("HEALTH_LISTEN_ADDR", "off")
+            .env("SSL_CERT_FILE", "/nonexistent/mcp-tunnel-test/ca.pem")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let posts = cp.wait_posts(1);
+        assert_eq!(posted(&posts[0]).resp_code, 200);
+        signal(&child, "-TERM");
+        assert_eq!(wait_exit(&mut child), 0);
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        stderr
+    };
+    const STORE_WARNING: &str = "while loading the system trust store";
+    let plain = stderr_of(false);
+    assert!(!plain.contains(STORE_WARNING), "{plain}");
+    let tls = stderr_of(true);
+    assert!(tls.contains(STORE_WARNING), "{tls}");
+}

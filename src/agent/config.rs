@@ -250,6 +250,43 @@ pub struct AgentConfig {
     pub edge: EdgeConfig,
 }
 
+impl AgentConfig {
+    /// Control-plane connections that can be busy at once: the poll and a
+    /// response post from every worker thread (the HTTP pool, one per stdio
+    /// channel, the pool for unserved channels). The pool keeps that many
+    /// idle, so a burst reuses them instead of reconnecting.
+    pub fn control_plane_connections(&self) -> usize {
+        let stdio = self
+            .targets
+            .iter()
+            .filter(|t| matches!(t.spec, TargetSpec::Stdio { .. }))
+            .count();
+        let http = self
+            .targets
+            .iter()
+            .any(|t| matches!(t.spec, TargetSpec::Http { .. }));
+        1 + if http { self.max_concurrent } else { 0 } + stdio + 1
+    }
+
+    /// Whether any connection the agent opens uses TLS: the control plane or
+    /// an HTTP target with an `https://` URL (proxies are plain HTTP CONNECT
+    /// proxies). Without one the system trust store is never needed, and an
+    /// idle agent does not keep its few hundred parsed certificates.
+    pub fn dials_https(&self) -> bool {
+        let tls = |url: &str| {
+            // Anything but a plain http:// URL counts, so a URL that somehow
+            // does not parse here still gets the roots.
+            url.parse::<http::Uri>()
+                .map_or(true, |u| u.scheme_str() != Some("http"))
+        };
+        tls(&self.base_url)
+            || self.targets.iter().any(|t| match &t.spec {
+                TargetSpec::Http { url, .. } => tls(url),
+                TargetSpec::Stdio { .. } => false,
+            })
+    }
+}
+
 pub enum Parsed {
     Run(Box<AgentConfig>),
     Help,
@@ -914,6 +951,65 @@ mod tests {
                 .collect(),
             TargetSpec::Stdio { .. } => panic!("not HTTP"),
         }
+    }
+
+    #[test]
+    fn control_plane_connections_cover_every_worker_and_the_poll() {
+        let c = run(&[], &env_of(BASE)).unwrap();
+        // Poll + 10 HTTP workers (default) + the unserved-channel worker.
+        assert_eq!(c.control_plane_connections(), 12);
+        let c = run(
+            &[
+                "--mcp.max-concurrent-requests",
+                "3",
+                "--mcp.server-url",
+                "channel=a,url=http://127.0.0.1:9/mcp",
+                "--mcp.command",
+                "channel=fs,command=cat",
+                "--mcp.command",
+                "channel=gh,command=cat",
+            ],
+            &env_of(BASE),
+        )
+        .unwrap();
+        assert_eq!(c.control_plane_connections(), 1 + 3 + 2 + 1);
+        const NO_URL: &[(&str, &str)] = &[
+            ("CONTROL_PLANE_TUNNEL_ID", "tunnel_abc"),
+            ("CONTROL_PLANE_API_KEY", "k"),
+        ];
+        let c = run(
+            &["--mcp.command", "channel=fs,command=cat"],
+            &env_of(NO_URL),
+        )
+        .unwrap();
+        assert_eq!(c.control_plane_connections(), 1 + 1 + 1, "no HTTP pool");
+    }
+
+    #[test]
+    fn dials_https_only_when_a_url_is_https() {
+        let plain = |extra: &[&str]| {
+            let mut a = vec!["--control-plane.base-url", "http://127.0.0.1:8081"];
+            a.extend_from_slice(extra);
+            run(&a, &env_of(BASE)).unwrap()
+        };
+        // Defaults: the control plane is https://api.openai.com.
+        assert!(run(&[], &env_of(BASE)).unwrap().dials_https());
+        assert!(!plain(&[]).dials_https());
+        assert!(plain(&["--mcp.server-url", "https://mcp.internal/mcp"]).dials_https());
+        assert!(plain(&[
+            "--mcp.server-url",
+            "channel=a,url=http://127.0.0.1:9/mcp",
+            "--mcp.server-url",
+            "channel=b,url=HTTPS://docs.internal/mcp",
+        ])
+        .dials_https());
+        assert!(!plain(&[
+            "--mcp.server-url",
+            "channel=a,url=http://127.0.0.1:9/mcp",
+            "--mcp.command",
+            "channel=fs,command=cat",
+        ])
+        .dials_https());
     }
 
     #[test]

@@ -76,11 +76,19 @@ pub struct ControlPlane {
     pub(crate) agent: ureq::Agent,
     /// `{base}{path}/v1/tunnels/{id}`
     tunnel_url: String,
+    /// `{tunnel_url}/poll` and `{tunnel_url}/response`, built once.
+    poll_url: String,
+    pub(crate) response_url: String,
+    /// The fixed headers of every request, parsed once (`None`: one of them
+    /// is not a valid header value, and ureq reports it per request as before).
+    fixed_headers: Option<Vec<(http::HeaderName, http::HeaderValue)>>,
     pub(crate) key: KeyStore,
     instance_id: String,
     server_info: String,
     organization: Option<String>,
-    poll_channels: Vec<Channel>,
+    /// The poll query after `limit`: `&timeout_ms=…` and a `&channel=…` per
+    /// explicit channel (names are `[a-z0-9_-]`: nothing to escape).
+    poll_query: String,
     poll_timeout: Duration,
     poll_buf: Mutex<Vec<u8>>,
     poll_limits: PollLimits,
@@ -179,6 +187,44 @@ impl std::fmt::Display for StartupError {
 
 impl std::error::Error for StartupError {}
 
+/// The query parameters after `limit`, in the order they always had.
+fn poll_query(timeout: Duration, channels: &[Channel]) -> String {
+    let mut q = format!("&timeout_ms={}", timeout.as_millis());
+    for c in channels {
+        q.push_str("&channel=");
+        q.push_str(c.as_str());
+    }
+    q
+}
+
+/// The headers [`ControlPlane::with_headers`] adds besides Authorization, in
+/// its order, or `None` when one value is not a valid header value.
+fn fixed_headers(
+    instance_id: &str,
+    server_info: &str,
+    organization: Option<&str>,
+) -> Option<Vec<(http::HeaderName, http::HeaderValue)>> {
+    let mut pairs = vec![
+        ("x-tunnel-client-name", CLIENT_NAME),
+        ("x-tunnel-client-version", CLIENT_VERSION),
+        ("x-tunnel-client-instance-id", instance_id),
+        ("x-tunnel-mcp-server-info", server_info),
+        ("accept", "application/json"),
+    ];
+    if let Some(org) = organization {
+        pairs.push(("openai-organization", org));
+    }
+    pairs
+        .into_iter()
+        .map(|(n, v)| {
+            Some((
+                http::HeaderName::from_static(n),
+                http::HeaderValue::from_str(v).ok()?,
+            ))
+        })
+        .collect()
+}
+
 impl ControlPlane {
     pub fn new(
         cfg: &AgentConfig,
@@ -186,21 +232,30 @@ impl ControlPlane {
         instance_id: String,
         server_info: String,
     ) -> ControlPlane {
+        let tunnel_url = format!(
+            "{}{}/v1/tunnels/{}",
+            cfg.base_url, cfg.url_path, cfg.tunnel_id
+        );
+        let fixed_headers =
+            fixed_headers(&instance_id, &server_info, cfg.organization_id.as_deref());
         ControlPlane {
             agent,
-            tunnel_url: format!(
-                "{}{}/v1/tunnels/{}",
-                cfg.base_url, cfg.url_path, cfg.tunnel_id
-            ),
+            poll_url: format!("{tunnel_url}/poll"),
+            response_url: format!("{tunnel_url}/response"),
+            tunnel_url,
+            fixed_headers,
             key: KeyStore::new(cfg.api_key_source.clone(), cfg.api_key.clone()),
             instance_id,
             server_info,
             organization: cfg.organization_id.clone(),
-            poll_channels: if cfg.explicit_channels {
-                cfg.channels.clone()
-            } else {
-                Vec::new()
-            },
+            poll_query: poll_query(
+                cfg.poll_timeout,
+                if cfg.explicit_channels {
+                    &cfg.channels
+                } else {
+                    &[]
+                },
+            ),
             poll_timeout: cfg.poll_timeout,
             poll_buf: Mutex::new(Vec::new()),
             poll_limits: PollLimits::default(),
@@ -227,6 +282,13 @@ impl ControlPlane {
         } else {
             req.header("Authorization", format!("Bearer {}", key.expose()))
         };
+        if let Some(fixed) = &self.fixed_headers {
+            // Clones of parsed values share their bytes: no parsing or copy per request.
+            for (name, value) in fixed {
+                req = req.header(name.clone(), value.clone());
+            }
+            return req;
+        }
         req = req
             .header("X-Tunnel-Client-Name", CLIENT_NAME)
             .header("X-Tunnel-Client-Version", CLIENT_VERSION)
@@ -306,15 +368,10 @@ impl ControlPlane {
     /// One long poll (blocking; runs on the poll thread).
     pub fn poll(&self, limit: usize) -> PollResult {
         let limit = limit.clamp(1, 25);
-        let url = format!("{}/poll", self.tunnel_url);
-        let mut req = self
+        // The whole URL at once: ureq's query builder encodes and re-parses per call.
+        let url = format!("{}?limit={limit}{}", self.poll_url, self.poll_query);
+        let req = self
             .with_headers(self.agent.get(&url))
-            .query("limit", limit.to_string())
-            .query("timeout_ms", self.poll_timeout.as_millis().to_string());
-        for c in &self.poll_channels {
-            req = req.query("channel", c.as_str());
-        }
-        let req = req
             .config()
             .timeout_global(Some(self.poll_timeout + POLL_GUARD))
             .build();
@@ -410,6 +467,42 @@ pub fn read_error_code(resp: &mut ureq::http::Response<ureq::Body>) -> Option<St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn poll_query_has_timeout_then_channels() {
+        let chans = [Channel::parse("docs").unwrap(), Channel::main()];
+        assert_eq!(
+            poll_query(Duration::from_secs(25), &chans),
+            "&timeout_ms=25000&channel=docs&channel=main"
+        );
+        assert_eq!(
+            poll_query(Duration::from_millis(1500), &[]),
+            "&timeout_ms=1500"
+        );
+    }
+
+    #[test]
+    fn fixed_headers_parsed_once_in_order() {
+        let h = fixed_headers("inst-1", r#"{"channels":[]}"#, Some("org-9")).unwrap();
+        let got: Vec<(&str, &str)> = h
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("x-tunnel-client-name", CLIENT_NAME),
+                ("x-tunnel-client-version", CLIENT_VERSION),
+                ("x-tunnel-client-instance-id", "inst-1"),
+                ("x-tunnel-mcp-server-info", r#"{"channels":[]}"#),
+                ("accept", "application/json"),
+                ("openai-organization", "org-9"),
+            ]
+        );
+        assert_eq!(fixed_headers("i", "{}", None).unwrap().len(), 5);
+        // A value ureq would refuse per request: no pre-parsed set, the old path stays.
+        assert!(fixed_headers("i", "{}", Some("bad\nvalue")).is_none());
+    }
 
     #[test]
     fn key_file_is_reloaded_only_when_changed() {

@@ -95,7 +95,6 @@ impl Handled {
 pub fn handle(job: Job, ctx: &WorkerCtx, bufs: &mut WorkerBuffers) -> Handled {
     let _log_scope = crate::ops::log::RequestScope::enter(&job.command.request_id);
     let receipt = job.receipt;
-    let channel = job.command.channel.clone();
     // Inspected once here: the type is a metric label and steers the forwarding.
     let info = match &job.command.kind {
         CommandKind::JsonRpc { body } => inspect(body, &json_limits()).ok(),
@@ -107,29 +106,27 @@ pub fn handle(job: Job, ctx: &WorkerCtx, bufs: &mut WorkerBuffers) -> Handled {
         (_, Some(MessageKind::Response | MessageKind::Error)) => CommandType::Response,
         _ => CommandType::Request,
     };
-    let handled = handle_command(job, info, ctx, bufs);
+    let handled = handle_command(&job, info, ctx, bufs);
     let outcome = handled.outcome();
-    ctx.metrics.command(&channel, kind, outcome);
+    let channel = &job.command.channel;
+    ctx.metrics.command(channel, kind, outcome);
     if matches!(
         outcome,
         CommandOutcome::Answered | CommandOutcome::McpFailure
     ) {
-        ctx.metrics.answered_after(&channel, receipt.elapsed());
+        ctx.metrics.answered_after(channel, receipt.elapsed());
     }
     handled
 }
 
 fn handle_command(
-    job: Job,
+    job: &Job,
     info: Option<MessageInfo>,
     ctx: &WorkerCtx,
     bufs: &mut WorkerBuffers,
 ) -> Handled {
-    let Job {
-        command: cmd,
-        deadline,
-        ..
-    } = job;
+    let cmd = &job.command;
+    let deadline = job.deadline;
     if deadline.is_some_and(|d| d.is_expired(Instant::now())) {
         log::info!(
             "command {} expired before it could start; dropped without contacting the MCP server",
@@ -148,16 +145,16 @@ fn handle_command(
     } = bufs;
     let handled = match &cmd.kind {
         CommandKind::JsonRpc { body } => {
-            forward_jsonrpc(&cmd, body, info, budget, ctx, tb, post, synth)
+            forward_jsonrpc(cmd, body, info, budget, ctx, tb, post, synth)
         }
         CommandKind::SessionTermination => {
             let outcome = match ctx.targets.get(&cmd.channel) {
                 Some(Target::Http(t)) => t.terminate_session(&cmd.headers, budget),
                 Some(Target::Stdio(t)) => t.terminate_session(budget),
-                None => unknown_channel(&cmd),
+                None => unknown_channel(cmd),
             };
             finish(
-                &cmd,
+                cmd,
                 outcome,
                 None,
                 RespType::SessionTerminationResponse,
@@ -197,10 +194,10 @@ fn forward_jsonrpc(
     post: &mut Vec<u8>,
     synth: &mut Vec<u8>,
 ) -> Handled {
-    let id: Option<Vec<u8>> = info
+    let id: Option<&[u8]> = info
         .as_ref()
         .and_then(|i| i.id.clone())
-        .and_then(|r| body.get(r).map(<[u8]>::to_vec));
+        .and_then(|r| body.get(r));
     // Notifications and a client's own responses get only an acknowledgement.
     let expect_ack = matches!(
         info.as_ref().map(|i| &i.kind),
@@ -209,10 +206,7 @@ fn forward_jsonrpc(
     let (expect, final_type) = if expect_ack {
         (Expect::Ack, RespType::NotifyAck)
     } else {
-        (
-            Expect::Response { id: id.as_deref() },
-            RespType::JsonrpcResponse,
-        )
+        (Expect::Response { id }, RespType::JsonrpcResponse)
     };
 
     let mut notify_failed = false;
@@ -272,17 +266,7 @@ fn forward_jsonrpc(
             cmd.request_id
         );
     }
-    finish(
-        cmd,
-        outcome,
-        id.as_deref(),
-        final_type,
-        budget,
-        ctx,
-        tb,
-        post,
-        synth,
-    )
+    finish(cmd, outcome, id, final_type, budget, ctx, tb, post, synth)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -297,10 +281,8 @@ fn finish(
     post: &mut Vec<u8>,
     synth: &mut Vec<u8>,
 ) -> Handled {
-    let json_ct = [(
-        "Content-Type".to_string(),
-        vec!["application/json".to_string()],
-    )];
+    // Built only for a synthesized error (it allocates).
+    let json_ct: [(String, Vec<String>); 1];
     let base = ResponsePost {
         request_id: &cmd.request_id,
         channel: cmd.channel.as_str(),
@@ -356,6 +338,10 @@ fn finish(
             if matches!(ack_type, RespType::JsonrpcResponse) {
                 synth.clear();
                 write_error(id, f, synth);
+                json_ct = [(
+                    "Content-Type".to_string(),
+                    vec!["application/json".to_string()],
+                )];
                 ResponsePost {
                     resp_json: Some(&synth[..]),
                     resp_headers: &json_ct[..],

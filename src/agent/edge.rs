@@ -263,10 +263,16 @@ impl Clients {
     }
 }
 
-/// Loads the system roots once for both hops and logs (redacted) what each
-/// hop goes through.
-pub fn clients(edge: &EdgeConfig, base_url: &str) -> Clients {
-    let mut trust = Trust::os();
+/// Loads the system roots once for both hops (only with `system_roots`: an
+/// agent that dials no `https://` URL never needs them) and logs (redacted)
+/// what each hop goes through.
+pub fn clients(edge: &EdgeConfig, base_url: &str, system_roots: bool) -> Clients {
+    let mut trust = if system_roots {
+        Trust::os()
+    } else {
+        log::debug!("no https:// URL configured: the system trust store is not loaded");
+        Trust::none()
+    };
     if !trust.os_errors.is_empty() {
         log::warn!(
             "{} error(s) while loading the system trust store (first: {}); continuing with {} certificates",
@@ -284,7 +290,7 @@ pub fn clients(edge: &EdgeConfig, base_url: &str) -> Clients {
             path.display()
         );
     }
-    if trust.is_empty() {
+    if trust.is_empty() && system_roots {
         log::warn!(
             "no trusted CA certificates (empty system store, no --ca-bundle): https:// connections will fail certificate checks"
         );

@@ -42,7 +42,6 @@ impl ControlPlane {
         deadline: Option<Deadline>,
         request_id: &str,
     ) -> PostOutcome {
-        let url = format!("{}/response", self.tunnel_url());
         let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
         let mut attempts: u32 = 0;
         let mut key_reloaded = false;
@@ -56,7 +55,7 @@ impl ControlPlane {
             };
             attempts += 1;
             let req = self
-                .with_headers(self.agent.post(&url))
+                .with_headers(self.agent.post(&self.response_url))
                 .header("Content-Type", "application/json")
                 .header("X-Tunnel-Shard-Token", shard.as_str())
                 .config()

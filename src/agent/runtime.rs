@@ -131,7 +131,8 @@ async fn run_async(
     let (cp_agent, mcp_agents) = agents_per_target(
         &ClientOptions {
             user_agent: user_agent.clone(),
-            max_idle: 4,
+            // Fewer made every burst (c=64) reconnect a third of its posts.
+            max_idle: cfg.control_plane_connections(),
             max_idle_age: Duration::from_secs(60),
         },
         &ClientOptions {
@@ -139,7 +140,7 @@ async fn run_async(
             max_idle: cfg.max_concurrent,
             max_idle_age: cfg.connection_max_ttl,
         },
-        super::edge::clients(&cfg.edge, &cfg.base_url),
+        super::edge::clients(&cfg.edge, &cfg.base_url, cfg.dials_https()),
         &http_edges,
     );
     let cp = Arc::new(

@@ -52,6 +52,8 @@ impl Target {
 pub struct TargetBuffers {
     /// The final answer's bytes (JSON body or the final SSE event's data).
     pub body: Vec<u8>,
+    /// Chunks of an SSE stream; empty until this worker first reads a stream
+    /// (a JSON answer is read straight into `body`).
     pub read: Vec<u8>,
     pub sse: SseParser,
     /// The largest SSE event of the current command (the parser keeps its capacity).
@@ -62,9 +64,16 @@ impl TargetBuffers {
     pub fn new() -> TargetBuffers {
         TargetBuffers {
             body: Vec::new(),
-            read: vec![0; READ_CHUNK],
+            read: Vec::new(),
             sse: SseParser::new(MAX_RESPONSE_BYTES),
             largest_event: 0,
+        }
+    }
+
+    /// The SSE read buffer, allocated on first use.
+    pub fn stream_chunk(&mut self) {
+        if self.read.len() < READ_CHUNK {
+            self.read.resize(READ_CHUNK, 0);
         }
     }
 

@@ -11,7 +11,7 @@ use super::target::{
 use crate::proto::channel::Channel;
 use crate::proto::command::Header;
 use crate::proto::failure::{FailureSource as S, TransportErrorKind as K, TunnelFailure};
-use crate::proto::headers::{forward_headers, response_allowlist, HeaderLimits};
+use crate::proto::headers::{forward_header_refs, response_allowlist, HeaderLimits};
 use crate::proto::json;
 use crate::proto::jsonrpc::{inspect, same_id, MessageKind};
 use crate::proto::sse::SseError;
@@ -74,20 +74,19 @@ impl HttpTarget {
     fn request<B>(
         &self,
         mut req: ureq::RequestBuilder<B>,
-        headers: &[Header],
+        headers: &[(&str, &str)],
         timeout: Duration,
     ) -> ureq::RequestBuilder<B> {
-        for h in headers {
+        for &(name, value) in headers {
             // ureq sets Host from the URL; a forwarded one would win, so it never
             // passes. Accept-Encoding neither: answers pass through byte for byte,
             // and this client decodes no content coding.
-            if h.name.eq_ignore_ascii_case("host") || h.name.eq_ignore_ascii_case("accept-encoding")
-            {
+            if name.eq_ignore_ascii_case("host") || name.eq_ignore_ascii_case("accept-encoding") {
                 continue;
             }
             let (Ok(name), Ok(value)) = (
-                http::HeaderName::from_bytes(h.name.as_bytes()),
-                http::HeaderValue::from_str(&h.value),
+                http::HeaderName::from_bytes(name.as_bytes()),
+                http::HeaderValue::from_str(value),
             ) else {
                 log::debug!("dropping a header that is not valid HTTP");
                 continue;
@@ -111,17 +110,16 @@ impl HttpTarget {
         let Some(timeout) = budget.remaining(Instant::now()) else {
             return Outcome::Expired;
         };
-        let headers = match forward_headers(
+        let mut headers = Vec::with_capacity(self.static_headers.len() + command_headers.len() + 2);
+        if let Err(e) = forward_header_refs(
             &self.static_headers,
             command_headers,
             &HeaderLimits::default(),
+            &mut headers,
         ) {
-            Ok(h) => h,
-            Err(e) => {
-                log::warn!("command headers refused: {e}");
-                return Outcome::Failure(fail(S::ClientInternal, K::Unknown));
-            }
-        };
+            log::warn!("command headers refused: {e}");
+            return Outcome::Failure(fail(S::ClientInternal, K::Unknown));
+        }
         let req = self.request(self.agent.post(&self.url), &headers, timeout);
         let mut resp = match req.send(body) {
             Ok(r) => r,
@@ -195,6 +193,7 @@ impl HttpTarget {
             Aborted,
         }
         let mut reader = resp.into_body().into_reader();
+        bufs.stream_chunk();
         bufs.sse.reset();
         bufs.body.clear();
         let limits = json_limits();
@@ -259,20 +258,17 @@ impl HttpTarget {
         let Some(timeout) = budget.remaining(Instant::now()) else {
             return Outcome::Expired;
         };
-        let headers = match forward_headers(
+        let mut headers = Vec::new();
+        if let Err(e) = forward_header_refs(
             &self.static_headers,
             command_headers,
             &HeaderLimits::default(),
+            &mut headers,
         ) {
-            Ok(h) => h
-                .into_iter()
-                .filter(|h| !h.name.eq_ignore_ascii_case("content-type"))
-                .collect::<Vec<_>>(),
-            Err(e) => {
-                log::warn!("command headers refused: {e}");
-                return Outcome::Failure(fail(S::ClientInternal, K::Unknown));
-            }
-        };
+            log::warn!("command headers refused: {e}");
+            return Outcome::Failure(fail(S::ClientInternal, K::Unknown));
+        }
+        headers.retain(|(n, _)| !n.eq_ignore_ascii_case("content-type"));
         let req = self.request(self.agent.delete(&self.url), &headers, timeout);
         match req.call() {
             Ok(mut resp) => {
@@ -289,15 +285,13 @@ impl HttpTarget {
     /// Readiness probe: any answer except 404 and 5xx means the server is up
     /// (a 401 from an auth-protected server counts).
     pub fn probe(&self, timeout: Duration) -> Result<u16, String> {
-        let mut headers = self.static_headers.clone();
-        headers.push(Header {
-            name: "Content-Type".into(),
-            value: "application/json".into(),
-        });
-        headers.push(Header {
-            name: "Accept".into(),
-            value: "application/json, text/event-stream".into(),
-        });
+        let mut headers: Vec<(&str, &str)> = self
+            .static_headers
+            .iter()
+            .map(|h| (h.name.as_str(), h.value.as_str()))
+            .collect();
+        headers.push(("Content-Type", "application/json"));
+        headers.push(("Accept", "application/json, text/event-stream"));
         let req = self.request(self.agent.post(&self.url), &headers, timeout);
         match req.send(PROBE_BODY) {
             Ok(mut resp) => {
@@ -386,24 +380,22 @@ fn final_message(msg: &[u8], id: Option<&[u8]>) -> Result<(), K> {
 
 /// Reads the whole body into `bufs.body`, at most MAX_RESPONSE_BYTES.
 fn read_capped(
-    reader: &mut impl Read,
+    reader: impl Read,
     bufs: &mut TargetBuffers,
     budget: Budget,
     target: &HttpTarget,
 ) -> Result<(), Outcome> {
     bufs.body.clear();
-    loop {
-        match reader.read(&mut bufs.read) {
-            Ok(0) => return Ok(()),
-            Ok(n) => {
-                if bufs.body.len() + n > MAX_RESPONSE_BYTES {
-                    return Err(Outcome::Failure(fail(S::Protocol, K::ResponseBodyTooLarge)));
-                }
-                bufs.body.extend_from_slice(&bufs.read[..n]);
-            }
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(target.error_outcome(&ureq::Error::from(e), Phase::Body, budget)),
+    // Straight into `body` (its capacity is kept between commands): no
+    // intermediate chunk buffer, no second copy. One byte over the cap is
+    // enough to tell an oversized answer.
+    let cap = MAX_RESPONSE_BYTES as u64 + 1;
+    match reader.take(cap).read_to_end(&mut bufs.body) {
+        Ok(_) if bufs.body.len() > MAX_RESPONSE_BYTES => {
+            Err(Outcome::Failure(fail(S::Protocol, K::ResponseBodyTooLarge)))
         }
+        Ok(_) => Ok(()),
+        Err(e) => Err(target.error_outcome(&ureq::Error::from(e), Phase::Body, budget)),
     }
 }
 

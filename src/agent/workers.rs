@@ -13,7 +13,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use smol::channel::{bounded, Receiver, Sender};
 
@@ -34,11 +34,86 @@ pub struct PoolSpec {
     pub channels: Vec<Channel>,
 }
 
+/// A pool's bounded job queue. A hand-off costs one futex wake, and only
+/// when a worker sleeps: the feeder knows (under the lock) whether anyone
+/// waits, and a worker that finds a job queued takes it without sleeping.
+struct JobQueue {
+    state: Mutex<QueueState>,
+    ready: Condvar,
+    cap: usize,
+}
+
+struct QueueState {
+    jobs: VecDeque<Job>,
+    /// Workers blocked in [`JobQueue::pop_blocking`].
+    sleeping: usize,
+    closed: bool,
+}
+
+impl JobQueue {
+    fn new(cap: usize) -> JobQueue {
+        JobQueue {
+            state: Mutex::new(QueueState {
+                jobs: VecDeque::new(),
+                sleeping: 0,
+                closed: false,
+            }),
+            ready: Condvar::new(),
+            cap: cap.max(1),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        // A worker never panics while holding it (panic=abort); stay usable regardless.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `job` unless the queue is full or closed: then hands it back.
+    fn try_push(&self, job: Job) -> Option<Job> {
+        let mut st = self.lock();
+        if st.closed || st.jobs.len() >= self.cap {
+            return Some(job);
+        }
+        st.jobs.push_back(job);
+        let wake = st.sleeping > 0;
+        drop(st);
+        if wake {
+            self.ready.notify_one();
+        }
+        None
+    }
+
+    /// The next job; `None` once the queue is closed and empty.
+    fn pop_blocking(&self) -> Option<Job> {
+        let mut st = self.lock();
+        loop {
+            if let Some(job) = st.jobs.pop_front() {
+                return Some(job);
+            }
+            if st.closed {
+                return None;
+            }
+            st.sleeping += 1;
+            st = self.ready.wait(st).unwrap_or_else(|e| e.into_inner());
+            st.sleeping -= 1;
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.lock().jobs.len()
+    }
+
+    /// No more jobs are accepted; queued ones are still handed out.
+    fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_all();
+    }
+}
+
 struct Pool {
     name: String,
     channels: Vec<Channel>,
-    tx: Sender<Job>,
-    rx: Receiver<Job>,
+    queue: Arc<JobQueue>,
     /// Threads waiting for a job.
     idle: Arc<AtomicUsize>,
     started: AtomicUsize,
@@ -72,12 +147,10 @@ impl Workers {
             ctx,
         };
         for spec in specs {
-            let (tx, rx) = bounded::<Job>(queue.max(1));
             let pool = Pool {
                 name: spec.name,
                 channels: spec.channels,
-                tx,
-                rx,
+                queue: Arc::new(JobQueue::new(queue)),
                 idle: Arc::new(AtomicUsize::new(0)),
                 started: AtomicUsize::new(0),
                 max: spec.threads.max(1),
@@ -104,7 +177,7 @@ impl Workers {
         else {
             return Ok(false);
         };
-        let rx = pool.rx.clone();
+        let queue = pool.queue.clone();
         let ctx = self.ctx.clone();
         let inflight = self.inflight.clone();
         let done_tx = self.done_tx.clone();
@@ -116,7 +189,7 @@ impl Workers {
             .stack_size(WORKER_STACK)
             .spawn(move || {
                 let mut bufs = WorkerBuffers::default();
-                while let Ok(job) = rx.recv_blocking() {
+                while let Some(job) = queue.pop_blocking() {
                     idle.fetch_sub(1, Ordering::AcqRel);
                     ctx.metrics.started();
                     handle(job, &ctx, &mut bufs);
@@ -138,7 +211,7 @@ impl Workers {
 
     /// Starts threads while a pool's queued commands outnumber its idle threads.
     fn grow(&self, pool: &Pool) {
-        while pool.tx.len() > pool.idle.load(Ordering::Acquire) {
+        while pool.queue.len() > pool.idle.load(Ordering::Acquire) {
             match self.spawn(pool) {
                 Ok(true) => {}
                 Ok(false) => break,
@@ -179,10 +252,10 @@ impl Workers {
                 break;
             };
             self.inflight.fetch_add(1, Ordering::AcqRel);
-            if let Err(e) = pool.tx.try_send(job) {
+            if let Some(job) = pool.queue.try_push(job) {
                 // Full (or closed after the drain): keep it for later, in order.
                 self.inflight.fetch_sub(1, Ordering::AcqRel);
-                overflow.push_front(e.into_inner());
+                overflow.push_front(job);
                 break;
             }
             self.grow(pool);
@@ -197,7 +270,93 @@ impl Workers {
     /// No more commands: workers exit once their queues are empty.
     pub fn close(&self) {
         for p in &self.pools {
-            p.tx.close();
+            p.queue.close();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::proto::command::{Command, CommandKind, ShardToken};
+
+    fn job(id: &str) -> Job {
+        Job {
+            command: Command {
+                request_id: id.to_string(),
+                shard_token: ShardToken::parse("shard").unwrap(),
+                channel: Channel::main(),
+                created_at: None,
+                response_timeout: None,
+                headers: Vec::new(),
+                kind: CommandKind::SessionTermination,
+                warnings: Vec::new(),
+            },
+            deadline: None,
+            receipt: Instant::now(),
+        }
+    }
+
+    fn id(j: Option<Job>) -> Option<String> {
+        j.map(|j| j.command.request_id)
+    }
+
+    #[test]
+    fn queue_is_bounded_fifo_and_drains_after_close() {
+        let q = JobQueue::new(2);
+        assert!(q.try_push(job("a")).is_none());
+        assert!(q.try_push(job("b")).is_none());
+        let back = q.try_push(job("c")).map(|j| j.command.request_id);
+        assert_eq!(
+            back.as_deref(),
+            Some("c"),
+            "a full queue hands the job back"
+        );
+        assert_eq!(q.len(), 2);
+        assert_eq!(id(q.pop_blocking()).as_deref(), Some("a"));
+        q.close();
+        assert!(q.try_push(job("d")).is_some(), "closed: nothing new");
+        assert_eq!(
+            id(q.pop_blocking()).as_deref(),
+            Some("b"),
+            "queued jobs still served"
+        );
+        assert_eq!(id(q.pop_blocking()), None);
+    }
+
+    #[test]
+    fn sleeping_workers_are_woken_by_a_job_and_by_close() {
+        let q = Arc::new(JobQueue::new(4));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                let (q, tx) = (q.clone(), tx.clone());
+                std::thread::spawn(move || {
+                    while let Some(j) = q.pop_blocking() {
+                        tx.send(j.command.request_id).unwrap();
+                    }
+                })
+            })
+            .collect();
+        // Both asleep before the jobs arrive.
+        let until = Instant::now() + Duration::from_secs(10);
+        while q.lock().sleeping < 2 {
+            assert!(Instant::now() < until, "workers did not block");
+            std::thread::yield_now();
+        }
+        assert!(q.try_push(job("x")).is_none());
+        assert!(q.try_push(job("y")).is_none());
+        let mut got = vec![
+            rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+            rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+        ];
+        got.sort();
+        assert_eq!(got, ["x", "y"]);
+        q.close();
+        for w in workers {
+            w.join().unwrap();
         }
     }
 }

@@ -12,6 +12,7 @@
 //!   bad channel, unknown `command_type`, bad/too many/too large headers.
 //! - Usable with a warning: invalid `response_timeout` (no deadline).
 
+use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
 use std::time::Duration;
@@ -289,7 +290,11 @@ fn clip(s: &str) -> String {
     s.chars().take(MAX_ECHO).collect()
 }
 
-fn field<'a>(body: &'a [u8], members: &[(String, Range<usize>)], name: &str) -> Option<&'a [u8]> {
+fn field<'a>(
+    body: &'a [u8],
+    members: &[(Cow<'_, str>, Range<usize>)],
+    name: &str,
+) -> Option<&'a [u8]> {
     members
         .iter()
         .find(|(k, _)| k == name)
@@ -527,7 +532,7 @@ fn decode_headers(raw: &[u8], limits: &PollLimits) -> Result<Vec<Header>, SkipRe
                 });
             }
             out.push(Header {
-                name: name.clone(),
+                name: name.to_string(),
                 value,
             });
         }

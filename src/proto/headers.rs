@@ -106,8 +106,14 @@ pub fn is_hop_by_hop(name: &str) -> bool {
         "via",
     ];
     const PREFIXES: &[&str] = &["proxy-", "x-forwarded-"];
-    let lower = name.to_ascii_lowercase();
-    EXACT.contains(&lower.as_str()) || PREFIXES.iter().any(|p| lower.starts_with(p))
+    // Case-insensitive without a lowercase copy: this runs for every header
+    // of every command.
+    EXACT.iter().any(|e| name.eq_ignore_ascii_case(e))
+        || PREFIXES.iter().any(|p| {
+            name.as_bytes()
+                .get(..p.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(p.as_bytes()))
+        })
 }
 
 /// Header names listed in `Connection` values (lowercase).
@@ -139,6 +145,27 @@ pub fn forward_headers(
     command_headers: &[Header],
     limits: &HeaderLimits,
 ) -> Result<Vec<Header>, HeaderError> {
+    let mut out = Vec::new();
+    forward_header_refs(static_headers, command_headers, limits, &mut out)?;
+    Ok(out
+        .into_iter()
+        .map(|(name, value)| Header {
+            name: name.to_string(),
+            value: value.to_string(),
+        })
+        .collect())
+}
+
+/// [`forward_headers`] without copying a name or value: `out` (cleared
+/// first) borrows from the inputs, so a worker reuses one vector for every
+/// command.
+pub fn forward_header_refs<'a>(
+    static_headers: &'a [Header],
+    command_headers: &'a [Header],
+    limits: &HeaderLimits,
+    out: &mut Vec<(&'a str, &'a str)>,
+) -> Result<(), HeaderError> {
+    out.clear();
     let all = || {
         static_headers
             .iter()
@@ -156,48 +183,42 @@ pub fn forward_headers(
         let ours = h.name.eq_ignore_ascii_case("content-type") || empty_accept;
         !(ours || is_hop_by_hop(&h.name) || named_in(&conn, &h.name))
     };
-    let mut out: Vec<Header> = static_headers
-        .iter()
-        .filter(|h| !overridden(&h.name))
-        .chain(command_headers)
-        .filter(keep)
-        .cloned()
-        .collect();
-    out.push(Header {
-        name: "Content-Type".into(),
-        value: CONTENT_TYPE_JSON.into(),
-    });
-    if !out.iter().any(|h| h.name.eq_ignore_ascii_case("accept")) {
-        out.push(Header {
-            name: "Accept".into(),
-            value: ACCEPT_MCP.into(),
-        });
+    out.extend(
+        static_headers
+            .iter()
+            .filter(|h| !overridden(&h.name))
+            .chain(command_headers)
+            .filter(keep)
+            .map(|h| (h.name.as_str(), h.value.as_str())),
+    );
+    out.push(("Content-Type", CONTENT_TYPE_JSON));
+    if !out.iter().any(|(n, _)| n.eq_ignore_ascii_case("accept")) {
+        out.push(("Accept", ACCEPT_MCP));
     }
-    check(&out, limits)?;
-    Ok(out)
+    check(out, limits)
 }
 
-fn check(headers: &[Header], limits: &HeaderLimits) -> Result<(), HeaderError> {
+fn check(headers: &[(&str, &str)], limits: &HeaderLimits) -> Result<(), HeaderError> {
     if headers.len() > limits.max_count {
         return Err(HeaderError::TooMany {
             count: headers.len(),
             max: limits.max_count,
         });
     }
-    let bytes: usize = headers.iter().map(|h| h.name.len() + h.value.len()).sum();
+    let bytes: usize = headers.iter().map(|(n, v)| n.len() + v.len()).sum();
     if bytes > limits.max_bytes {
         return Err(HeaderError::TooLarge {
             bytes,
             max: limits.max_bytes,
         });
     }
-    for h in headers {
-        if !is_valid_name(&h.name) {
-            return Err(HeaderError::BadName(h.name.chars().take(64).collect()));
+    for &(name, value) in headers {
+        if !is_valid_name(name) {
+            return Err(HeaderError::BadName(name.chars().take(64).collect()));
         }
-        if !is_valid_value(&h.value) {
+        if !is_valid_value(value) {
             return Err(HeaderError::BadValue {
-                name: h.name.clone(),
+                name: name.to_string(),
             });
         }
     }

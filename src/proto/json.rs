@@ -14,6 +14,7 @@
 //!   because different parsers pick different duplicates and that disagreement
 //!   is exploitable.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 use std::ops::Range;
@@ -122,6 +123,7 @@ pub fn object_members(
     limits: &Limits,
 ) -> Result<Vec<(String, Range<usize>)>, JsonError> {
     members(bytes, limits, Mode::STRICT, usize::MAX)
+        .map(|m| m.into_iter().map(|(k, r)| (k.into_owned(), r)).collect())
 }
 
 /// Elements of the top-level array, as raw byte ranges.
@@ -149,12 +151,18 @@ impl Mode {
     };
 }
 
-pub(crate) fn members(
-    bytes: &[u8],
+/// An object's keys and the raw byte ranges of their values.
+pub(crate) type Members<'a> = Vec<(Cow<'a, str>, Range<usize>)>;
+
+/// Members of the object `bytes`, with the raw byte range of each value. A
+/// key borrows from `bytes` unless it has escapes (or, lenient, bad UTF-8):
+/// the objects on the command path then cost one allocation, not one per key.
+pub(crate) fn members<'a>(
+    bytes: &'a [u8],
     limits: &Limits,
     mode: Mode,
     max_items: usize,
-) -> Result<Vec<(String, Range<usize>)>, JsonError> {
+) -> Result<Members<'a>, JsonError> {
     if bytes.len() > limits.max_len {
         return Err(JsonError::TooLarge);
     }
@@ -168,7 +176,7 @@ pub(crate) fn members(
         return Err(JsonError::TooDeep);
     }
     let inner_depth = limits.max_depth - 1;
-    let mut out: Vec<(String, Range<usize>)> = Vec::new();
+    let mut out: Members<'a> = Vec::new();
     // Objects here have a handful of keys: comparing with the ones already
     // read is cheaper than hashing; big objects switch to a set.
     let mut seen: Option<HashSet<String>> = None;
@@ -184,11 +192,8 @@ pub(crate) fn members(
             });
         }
         let key_end = scan_string(bytes, i, mode.utf8)?;
-        let key = if mode.utf8 {
-            parse_string(&bytes[i..key_end])?
-        } else {
-            parse_string_lossy(&bytes[i..key_end])
-        };
+        // Scanned (and, strict, checked for UTF-8 and escapes) just now.
+        let key = scanned_str(&bytes[i + 1..key_end - 1]);
         i = skip_ws(bytes, key_end);
         expect_byte(bytes, i, b':', "':'")?;
         let vstart = skip_ws(bytes, i + 1);
@@ -197,7 +202,7 @@ pub(crate) fn members(
             return Err(JsonError::TooManyItems { max: max_items });
         }
         if mode.unique_keys && is_duplicate(&key, &out, &mut seen) {
-            return Err(JsonError::DuplicateKey(truncate_key(key)));
+            return Err(JsonError::DuplicateKey(truncate_key(key.into_owned())));
         }
         out.push((key, vstart..vend));
         i = skip_ws(bytes, vend);
@@ -220,13 +225,13 @@ const LINEAR_KEYS: usize = 16;
 
 fn is_duplicate(
     key: &str,
-    out: &[(String, Range<usize>)],
+    out: &[(Cow<'_, str>, Range<usize>)],
     seen: &mut Option<HashSet<String>>,
 ) -> bool {
     if out.len() < LINEAR_KEYS {
         return out.iter().any(|(k, _)| k == key);
     }
-    let set = seen.get_or_insert_with(|| out.iter().map(|(k, _)| k.clone()).collect());
+    let set = seen.get_or_insert_with(|| out.iter().map(|(k, _)| k.to_string()).collect());
     !set.insert(key.to_string())
 }
 
@@ -315,7 +320,7 @@ pub(crate) fn scan_value(
     utf8: bool,
 ) -> Result<usize, JsonError> {
     // true = object, false = array; never longer than `depth_left`.
-    let mut stack: Vec<bool> = Vec::new();
+    let mut stack = Nesting::default();
     'value: loop {
         match bytes.get(i) {
             None => return Err(JsonError::Truncated),
@@ -351,7 +356,7 @@ pub(crate) fn scan_value(
         }
         // A value just ended at `i`: close containers or move to the next element.
         loop {
-            let Some(&is_obj) = stack.last() else {
+            let Some(is_obj) = stack.last() else {
                 return Ok(i);
             };
             i = skip_ws(bytes, i);
@@ -376,6 +381,53 @@ pub(crate) fn scan_value(
                     })
                 }
             }
+        }
+    }
+}
+
+/// The open containers of [`scan_value`] (true = object): the first 128
+/// levels as bits, so the usual document costs no allocation; deeper ones
+/// (bounded by the depth limit) spill to a vector.
+#[derive(Default)]
+struct Nesting {
+    len: usize,
+    low: u128,
+    deep: Vec<bool>,
+}
+
+impl Nesting {
+    const INLINE: usize = 128;
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn push(&mut self, is_obj: bool) {
+        if self.len < Self::INLINE {
+            let bit = 1u128 << self.len;
+            if is_obj {
+                self.low |= bit;
+            } else {
+                self.low &= !bit;
+            }
+        } else {
+            self.deep.push(is_obj);
+        }
+        self.len += 1;
+    }
+
+    fn pop(&mut self) {
+        if self.len > Self::INLINE {
+            self.deep.pop();
+        }
+        self.len = self.len.saturating_sub(1);
+    }
+
+    fn last(&self) -> Option<bool> {
+        match self.len {
+            0 => None,
+            n if n <= Self::INLINE => Some(self.low & (1u128 << (n - 1)) != 0),
+            _ => self.deep.last().copied(),
         }
     }
 }
@@ -620,13 +672,17 @@ pub fn parse_string(raw: &[u8]) -> Result<String, JsonError> {
     Ok(unescape(&raw[1..end - 1]))
 }
 
-/// Like [`parse_string`] for an already-scanned literal whose bytes may not
-/// be UTF-8: bad bytes become U+FFFD. Only for diagnostics and lenient keys.
-pub(crate) fn parse_string_lossy(raw: &[u8]) -> String {
-    let inner = raw
-        .get(1..raw.len().saturating_sub(1))
-        .unwrap_or(&[] as &[u8]);
-    unescape(inner)
+/// The inside of a scanned string literal as text: borrowed when it has no
+/// escape and is UTF-8 (the common case), else unescaped, with bytes that
+/// are not UTF-8 (lenient scans only) as U+FFFD.
+pub(crate) fn scanned_str(inner: &[u8]) -> Cow<'_, str> {
+    if inner.contains(&b'\\') {
+        return Cow::Owned(unescape(inner));
+    }
+    match std::str::from_utf8(inner) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => Cow::Owned(String::from_utf8_lossy(inner).into_owned()),
+    }
 }
 
 /// Unescape the inside of a scanned string literal.
@@ -850,6 +906,40 @@ mod tests {
             );
         }
         assert!(parse_string(b"\"\\ud800\"").is_err());
+    }
+
+    #[test]
+    fn nesting_kinds_tracked_past_the_inline_levels() {
+        let l = Limits {
+            max_depth: 400,
+            max_len: 1 << 20,
+        };
+        // Objects and arrays interleaved in an irregular pattern, 300 deep:
+        // every closing bracket must match its own level, inline or spilled.
+        let kinds: Vec<bool> = (0..300).map(|i| i % 3 == 0 || i % 7 == 0).collect();
+        let doc = |swap_at: Option<usize>| {
+            let mut d = String::new();
+            for &obj in &kinds {
+                d.push_str(if obj { "{\"k\":" } else { "[" });
+            }
+            d.push('1');
+            for (i, &obj) in kinds.iter().enumerate().rev() {
+                // Closing with the other kind's bracket at one level.
+                let obj = if swap_at == Some(i) { !obj } else { obj };
+                d.push(if obj { '}' } else { ']' });
+            }
+            d
+        };
+        assert_eq!(validate(doc(None).as_bytes(), &l), Ok(()));
+        for level in [0, 1, 126, 127, 128, 129, 200, 299] {
+            assert!(
+                matches!(
+                    validate(doc(Some(level)).as_bytes(), &l),
+                    Err(JsonError::Syntax { .. })
+                ),
+                "wrong bracket at level {level} accepted"
+            );
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 use std::ops::Range;
 
-use super::json::{self, JsonError};
+use super::json::{self, JsonError, Mode};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MessageKind {
@@ -43,7 +43,7 @@ impl MessageInfo {
 /// method, an id that is a string, number or null, and exactly one of
 /// `result`/`error` on answers. Duplicate top-level keys are refused.
 pub fn inspect(msg: &[u8], limits: &json::Limits) -> Result<MessageInfo, JsonError> {
-    let members = json::object_members(msg, limits)?;
+    let members = json::members(msg, limits, Mode::STRICT, usize::MAX)?;
     let get = |name: &str| {
         members
             .iter()
@@ -108,7 +108,7 @@ fn named_target(method: &str, params: &[u8], limits: &json::Limits) -> Option<St
         "resources/read" => "uri",
         _ => return None,
     };
-    let m = json::object_members(params, limits).ok()?;
+    let m = json::members(params, limits, Mode::STRICT, usize::MAX).ok()?;
     let (_, r) = m.iter().find(|(k, _)| k == key)?;
     json::parse_string(&params[r.clone()]).ok()
 }

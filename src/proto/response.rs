@@ -86,10 +86,25 @@ pub fn encode(post: &ResponsePost<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(b",\"resp_headers\":");
     write_header_map(out, post.resp_headers);
     out.extend_from_slice(b",\"resp_code\":");
-    out.extend_from_slice(post.resp_code.to_string().as_bytes());
+    write_u16(out, post.resp_code);
     out.extend_from_slice(b",\"resp_type\":\"");
     out.extend_from_slice(post.resp_type.as_str().as_bytes());
     out.extend_from_slice(b"\"}");
+}
+
+/// Decimal digits of `n` (no allocation, unlike `to_string`).
+fn write_u16(out: &mut Vec<u8>, mut n: u16) {
+    let mut digits = [0u8; 5];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// Relay side: a decoded response POST.
@@ -183,7 +198,7 @@ pub fn decode(body: &[u8], limits: &json::Limits) -> Result<DecodedResponse, Res
     let (mut have_id, mut have_code) = (false, false);
     for (key, range) in members {
         let raw = &body[range.clone()];
-        match key.as_str() {
+        match &*key {
             "request_id" => {
                 out.request_id = string(raw, "request_id")?;
                 if out.request_id.is_empty() {
@@ -274,7 +289,7 @@ fn header_map(
             values.push(v);
         }
         count += values.len();
-        out.push((name, values));
+        out.push((name.into_owned(), values));
     }
     Ok(out)
 }
@@ -285,6 +300,28 @@ mod tests {
 
     fn lim() -> json::Limits {
         json::Limits::default()
+    }
+
+    #[test]
+    fn status_digits_written_like_to_string() {
+        for n in [
+            0u16,
+            7,
+            10,
+            99,
+            100,
+            200,
+            404,
+            599,
+            1000,
+            9999,
+            10000,
+            u16::MAX,
+        ] {
+            let mut out = b"x".to_vec();
+            write_u16(&mut out, n);
+            assert_eq!(out, format!("x{n}").into_bytes());
+        }
     }
 
     #[test]

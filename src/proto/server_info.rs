@@ -115,7 +115,7 @@ pub fn decode(header: &str) -> Result<Vec<ChannelDecl>, ServerInfoError> {
     let top = json::members(bytes, &limits, Mode::STRICT, 2).map_err(map_json)?;
     let (mut version, mut channels_raw) = (None, None);
     for (k, r) in top {
-        match k.as_str() {
+        match &*k {
             "version" => version = Some(&bytes[r]),
             "channels" => channels_raw = Some(&bytes[r]),
             other => return Err(ServerInfoError::UnknownField(clip(other))),
@@ -142,7 +142,7 @@ pub fn decode(header: &str) -> Result<Vec<ChannelDecl>, ServerInfoError> {
         let mut proc_affinity = false;
         for (k, vr) in fields {
             let v = &item[vr];
-            match k.as_str() {
+            match &*k {
                 "name" => {
                     let s = json::parse_string(v).map_err(|_| ServerInfoError::BadField("name"))?;
                     decl = Some(Channel::parse(&s).map_err(|_| ServerInfoError::BadField("name"))?);

@@ -463,7 +463,7 @@ pub fn diagnose(cfg: &AgentConfig) -> Report {
     let (cp_agent, mcp_agents) = agents_per_target(
         &opts,
         &opts,
-        edge::clients(&cfg.edge, &cfg.base_url),
+        edge::clients(&cfg.edge, &cfg.base_url, cfg.dials_https()),
         &http_edges,
     );
 

@@ -240,6 +240,17 @@ impl Trust {
         }
     }
 
+    /// No roots at all: for an agent that dials no `https://` URL (the
+    /// system store is then never read).
+    pub fn none() -> Trust {
+        Trust {
+            roots: Arc::default(),
+            os_count: 0,
+            bundle_count: 0,
+            os_errors: Vec::new(),
+        }
+    }
+
     /// These roots plus those of `bundle` (one checked at startup with
     /// [`Trust::bundle_only`], so the file is read once).
     pub fn with(mut self, bundle: &Trust) -> Trust {
@@ -251,12 +262,7 @@ impl Trust {
     /// Only the bundle's certificates (no OS roots): for a hop that must
     /// trust nothing but a private CA.
     pub fn bundle_only(ca_bundle: &Path) -> Result<Trust, TlsError> {
-        let mut trust = Trust {
-            roots: Arc::default(),
-            os_count: 0,
-            bundle_count: 0,
-            os_errors: Vec::new(),
-        };
+        let mut trust = Trust::none();
         trust.add_bundle(ca_bundle)?;
         Ok(trust)
     }
