@@ -13,7 +13,7 @@ use super::secret::{Secret, SecretSource};
 use crate::proto::channel::Channel;
 use crate::proto::command::{decode_poll, Decoded, PollLimits};
 use crate::proto::error_body;
-use crate::proto::retry::parse_retry_after;
+use crate::proto::retry::{classify_poll, parse_retry_after, PollOutcome};
 
 pub const CLIENT_NAME: &str = "mcp-tunnel";
 pub const CLIENT_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -387,12 +387,12 @@ impl ControlPlane {
         // The anchor of every deadline in this batch: the head has arrived, the body is unread.
         let receipt = Instant::now();
         let status = resp.status().as_u16();
-        match status {
-            204 => {
+        match classify_poll(status) {
+            PollOutcome::Idle => {
                 drain(&mut resp);
                 PollResult::Idle
             }
-            200 => {
+            PollOutcome::Commands => {
                 let mut buf = self.poll_buf.lock().unwrap_or_else(|e| e.into_inner());
                 buf.clear();
                 let max = self.poll_limits.max_body as u64;
@@ -418,15 +418,16 @@ impl ControlPlane {
                 shrink(&mut buf);
                 result
             }
-            401 | 403 => {
+            PollOutcome::AuthFailure => {
                 let code = read_error_code(&mut resp);
                 PollResult::Failed(PollFailure::Auth { status, code })
             }
-            404 => {
+            PollOutcome::NotFound => {
                 let code = read_error_code(&mut resp);
                 PollResult::Failed(PollFailure::NotFound { code })
             }
-            _ => {
+            // 408, 429, 5xx, other 4xx and the unexpected: backed off by the poller.
+            PollOutcome::Retry | PollOutcome::OtherClientError => {
                 let retry_after = resp
                     .headers()
                     .get("retry-after")
