@@ -35,7 +35,7 @@ use super::metrics::{Endpoint, Metrics};
 use super::queue::{NewCommand, Payload, Post, PostKind};
 use super::state::Role;
 use super::timestamp::rfc3339;
-use crate::net::http_server::{Body, Request, Response};
+use crate::net::http_server::{Body, ConnMemo, Request, Response};
 use crate::proto::channel::Channel;
 use crate::proto::failure::{write_error, TunnelFailure};
 use crate::proto::headers::command_headers_from_client;
@@ -168,6 +168,7 @@ pub async fn handle(
     req: Request,
     tunnel_id: String,
     channel: Option<String>,
+    memo: Rc<ConnMemo>,
 ) -> Response {
     let method = req.method.as_str();
     if method != "POST" && method != "DELETE" {
@@ -178,7 +179,8 @@ pub async fn handle(
     let channel_name = channel.as_deref().unwrap_or("main");
     let mut ex = Exchange::new(hub.clone(), &req, &tunnel_id, channel_name);
     let (cred, auth_is_relay_key) = credential(&req);
-    let principal = match hub.authorize(
+    let principal = match hub.authorize_on(
+        &memo,
         cred,
         req.client_cert.as_deref(),
         &tunnel_id,

@@ -25,7 +25,7 @@ use super::hub::{bearer_of, error_response, header, Hub};
 use super::metrics::{Endpoint, Metrics};
 use super::queue::{Post, PostError, PostKind};
 use super::state::Role;
-use crate::net::http_server::{Request, Response};
+use crate::net::http_server::{ConnMemo, Request, Response};
 use crate::proto::channel::Channel;
 use crate::proto::command::{encode_poll, CommandOut};
 use crate::proto::headers::response_allowlist;
@@ -223,12 +223,13 @@ impl Drop for WakeUp<'_> {
 }
 
 /// `GET /v1/tunnels/{id}/poll`.
-pub async fn poll(hub: Rc<Hub>, req: Request, tunnel_id: String) -> Response {
+pub async fn poll(hub: Rc<Hub>, req: Request, tunnel_id: String, memo: Rc<ConnMemo>) -> Response {
     let ep = Endpoint::Poll;
     // The state the key was checked against; re-checked after a wake-up only
     // when a reload replaced it (hashing the key again costs ~9k instructions).
     let mut checked = hub.state();
-    let principal = match hub.authorize(
+    let principal = match hub.authorize_on(
+        &memo,
         credential(&req),
         req.client_cert.as_deref(),
         &tunnel_id,
@@ -333,7 +334,8 @@ pub async fn poll(hub: Rc<Hub>, req: Request, tunnel_id: String) -> Response {
         // meanwhile: both arrive as a new state.
         let current = hub.state();
         if !Rc::ptr_eq(&current, &checked) {
-            if let Err(e) = hub.authorize(
+            if let Err(e) = hub.authorize_on(
+                &memo,
                 credential(&req),
                 req.client_cert.as_deref(),
                 &tunnel_id,
@@ -366,9 +368,15 @@ fn post_error(hub: &Hub, e: &PostError) -> Response {
 }
 
 /// `POST /v1/tunnels/{id}/response`.
-pub async fn respond(hub: Rc<Hub>, req: Request, tunnel_id: String) -> Response {
+pub async fn respond(
+    hub: Rc<Hub>,
+    req: Request,
+    tunnel_id: String,
+    memo: Rc<ConnMemo>,
+) -> Response {
     let ep = Endpoint::Response;
-    if let Err(e) = hub.authorize(
+    if let Err(e) = hub.authorize_on(
+        &memo,
         credential(&req),
         req.client_cert.as_deref(),
         &tunnel_id,

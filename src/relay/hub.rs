@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 use http::HeaderMap;
 
 use crate::net::cert_names::cert_names;
-use crate::net::http_server::Response;
+use crate::net::http_server::{ConnMemo, Response};
 use crate::proto::error_body;
 
 use super::alarms::Alarms;
 use super::audit::AuditLog;
 use super::auth::{self, AuthError, Principal};
+use super::auth_memo::AuthMemo;
 use super::keys;
 use super::metrics::{Metrics, TunnelGauges};
 use super::queue::{QueueConfig, TunnelQueue};
@@ -54,6 +55,8 @@ pub const DEFAULT_MAX_RESPONSE_BODY: usize = 40 * 1024 * 1024;
 
 pub struct Hub {
     state: RefCell<Rc<State>>,
+    /// Bumped by every [`Hub::replace_state`]: what connection memos check.
+    generation: Cell<u64>,
     queues: RefCell<HashMap<String, TunnelQueue>>,
     pub settings: Settings,
     pub audit: AuditLog,
@@ -69,6 +72,7 @@ impl Hub {
     pub fn new(state: State, settings: Settings, audit: AuditLog) -> Rc<Hub> {
         Rc::new(Hub {
             state: RefCell::new(Rc::new(state)),
+            generation: Cell::new(0),
             queues: RefCell::new(HashMap::new()),
             settings,
             audit,
@@ -92,6 +96,7 @@ impl Hub {
             q.wake_all();
         }
         *self.state.borrow_mut() = Rc::new(state);
+        self.generation.set(self.generation.get().wrapping_add(1));
     }
 
     /// Authorizes `credential` and the TLS client certificate (DER of the
@@ -109,6 +114,28 @@ impl Hub {
         let names = client_cert.map(|der| cert_names(der).unwrap_or_default());
         auth::authorize_caller(&state, credential, names.as_deref(), tunnel_id, role)
             .map(|(p, _)| p)
+    }
+
+    /// [`Hub::authorize`] for a request on a connection whose `memo` holds
+    /// its last verdict: the same inputs against the same state reuse it
+    /// (a key hash saved per request); anything else is checked afresh.
+    pub fn authorize_on(
+        &self,
+        memo: &ConnMemo,
+        credential: Option<&str>,
+        client_cert: Option<&[u8]>,
+        tunnel_id: &str,
+        role: Role,
+    ) -> Result<Principal, AuthError> {
+        let generation = self.generation.get();
+        memo.with(|m: &mut AuthMemo| {
+            if let Some(p) = m.recall(generation, credential, client_cert, tunnel_id, role) {
+                return Ok(p);
+            }
+            let p = self.authorize(credential, client_cert, tunnel_id, role)?;
+            m.remember(generation, credential, client_cert, tunnel_id, role, &p);
+            Ok(p)
+        })
     }
 
     /// The queue of a tunnel, created on first use. Callers must not hold it across `.await`.
