@@ -183,10 +183,25 @@ pub fn bearer(value: &str) -> Option<&str> {
         return None;
     }
     let token = token.trim();
-    if token.is_empty() || token.contains(char::is_whitespace) {
+    if token.is_empty() || has_whitespace(token) {
         return None;
     }
     Some(token)
+}
+
+/// `s.contains(char::is_whitespace)`, a byte at a time while `s` is ASCII
+/// (every key is; this runs on each request).
+fn has_whitespace(s: &str) -> bool {
+    for &b in s.as_bytes() {
+        if !b.is_ascii() {
+            return s.contains(char::is_whitespace);
+        }
+        // The ASCII members of `char::is_whitespace` (with vertical tab).
+        if matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r') {
+            return true;
+        }
+    }
+    false
 }
 
 #[cfg(test)]
@@ -261,5 +276,18 @@ mod tests {
         assert_eq!(bearer("Bearer "), None);
         assert_eq!(bearer("Bearer a b"), None);
         assert_eq!(bearer("Bearerabc"), None);
+        for ws in ["\t", "\u{0b}", "\u{0c}", "\r", "\n", "\u{a0}", "\u{2003}"] {
+            assert_eq!(bearer(&format!("Bearer a{ws}b")), None, "{ws:?}");
+        }
+        assert_eq!(bearer("Bearer k\u{e9}y"), Some("k\u{e9}y"));
+    }
+
+    #[test]
+    fn whitespace_check_matches_char_is_whitespace() {
+        for c in (0u32..0x3100).filter_map(char::from_u32) {
+            for s in [format!("ab{c}"), format!("\u{e9}{c}"), format!("{c}")] {
+                assert_eq!(has_whitespace(&s), s.contains(char::is_whitespace), "{c:?}");
+            }
+        }
     }
 }
