@@ -29,7 +29,7 @@ use smol::future;
 use smol::stream::{self, Stream};
 
 use super::audit::AuditRecord;
-use super::hub::{bearer_of, error_response, header, Hub};
+use super::hub::{bearer_of, error_response, header, names, Hub};
 use super::keys;
 use super::metrics::{Endpoint, Metrics};
 use super::queue::{NewCommand, Payload, Post, PostKind};
@@ -122,10 +122,10 @@ fn body_len(b: &Body) -> u64 {
 
 /// The connector credential and whether it came from `Authorization`.
 fn credential(req: &Request) -> (Option<&str>, bool) {
-    match header(&req.headers, "x-tunnel-authorization") {
+    match header(&req.headers, names::X_TUNNEL_AUTHORIZATION) {
         // Present but malformed is a wrong key, not a missing one.
         Some(v) => (Some(keys::bearer(v).unwrap_or("")), false),
-        None => (bearer_of(&req.headers, "authorization"), true),
+        None => (bearer_of(&req.headers, names::AUTHORIZATION), true),
     }
 }
 
@@ -135,7 +135,8 @@ fn credential(req: &Request) -> (Option<&str>, bool) {
 /// never reach the agent's side.
 fn strip_authorization(req: &Request, keyless: bool, auth_is_relay_key: bool) -> bool {
     if keyless {
-        bearer_of(&req.headers, "authorization").is_some_and(|k| k.starts_with(keys::SECRET_PREFIX))
+        bearer_of(&req.headers, names::AUTHORIZATION)
+            .is_some_and(|k| k.starts_with(keys::SECRET_PREFIX))
     } else {
         auth_is_relay_key
     }
@@ -267,7 +268,7 @@ fn payload(
     record: &mut AuditRecord,
 ) -> Result<Payload, (&'static str, String)> {
     if req.method == http::Method::DELETE {
-        if header(&req.headers, "mcp-session-id").is_none_or(str::is_empty) {
+        if header(&req.headers, names::MCP_SESSION_ID).is_none_or(str::is_empty) {
             return Err((
                 "missing_mcp_session_id",
                 "DELETE needs the Mcp-Session-Id of the session to end".into(),

@@ -21,7 +21,7 @@ use miniserde::{json, Serialize};
 use smol::channel::TrySendError;
 use smol::future;
 
-use super::hub::{bearer_of, error_response, header, Hub};
+use super::hub::{bearer_of, error_response, header, names, Hub};
 use super::metrics::{Endpoint, Metrics};
 use super::queue::{Post, PostError, PostKind};
 use super::state::Role;
@@ -47,7 +47,7 @@ fn error(hub: &Hub, ep: Endpoint, status: u16, code: &'static str, msg: &str) ->
 }
 
 fn credential(req: &Request) -> Option<&str> {
-    bearer_of(&req.headers, "authorization")
+    bearer_of(&req.headers, names::AUTHORIZATION)
 }
 
 #[derive(Serialize)]
@@ -141,10 +141,10 @@ pub fn parse_poll_query(
 /// `X-Tunnel-MCP-Server-Info`, when sent, must be a valid declaration.
 /// Returns the channels it declares with `proc_affinity`.
 fn check_server_info(hub: &Hub, req: &Request) -> Result<Vec<String>, String> {
-    if req.headers.get("x-tunnel-mcp-server-info").is_none() {
+    if req.headers.get(names::X_TUNNEL_MCP_SERVER_INFO).is_none() {
         return Ok(Vec::new());
     }
-    let value = header(&req.headers, "x-tunnel-mcp-server-info")
+    let value = header(&req.headers, names::X_TUNNEL_MCP_SERVER_INFO)
         .ok_or("X-Tunnel-MCP-Server-Info must be one UTF-8 value")?;
     // An agent sends the same declaration with every poll: decode it once.
     if let Some(channels) = hub.server_info.borrow().get(value) {
@@ -169,7 +169,7 @@ fn decode_server_info(value: &str) -> Result<Vec<String>, String> {
 
 /// The agent instance behind a poll, for liveness: its declared instance id, or its key.
 fn instance_of(req: &Request, key_id: &str) -> String {
-    match header(&req.headers, "x-tunnel-client-instance-id") {
+    match header(&req.headers, names::X_TUNNEL_CLIENT_INSTANCE_ID) {
         Some(v)
             if !v.is_empty()
                 && v.len() <= MAX_INSTANCE_ID
@@ -384,7 +384,8 @@ pub async fn respond(
     ) {
         return error(&hub, ep, e.status(), e.code(), e.message());
     }
-    let Some(token) = header(&req.headers, "x-tunnel-shard-token").filter(|t| !t.is_empty()) else {
+    let Some(token) = header(&req.headers, names::X_TUNNEL_SHARD_TOKEN).filter(|t| !t.is_empty())
+    else {
         return error(
             &hub,
             ep,

@@ -7,7 +7,24 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use http::header::{AsHeaderName, HeaderName};
 use http::HeaderMap;
+
+/// Header names looked up on every request, made once: a `&str` name is
+/// validated, lower-cased and hashed again on each lookup.
+pub mod names {
+    use super::HeaderName;
+
+    pub use http::header::AUTHORIZATION;
+    pub const X_TUNNEL_AUTHORIZATION: HeaderName =
+        HeaderName::from_static("x-tunnel-authorization");
+    pub const MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
+    pub const X_TUNNEL_MCP_SERVER_INFO: HeaderName =
+        HeaderName::from_static("x-tunnel-mcp-server-info");
+    pub const X_TUNNEL_CLIENT_INSTANCE_ID: HeaderName =
+        HeaderName::from_static("x-tunnel-client-instance-id");
+    pub const X_TUNNEL_SHARD_TOKEN: HeaderName = HeaderName::from_static("x-tunnel-shard-token");
+}
 
 use crate::net::cert_names::cert_names;
 use crate::net::http_server::{ConnMemo, Response};
@@ -248,7 +265,7 @@ pub fn error_response(status: u16, code: &str, message: &str) -> Response {
 }
 
 /// A header's value as text; absent, repeated-and-ambiguous or non-UTF-8 is `None`.
-pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub fn header<'a>(headers: &'a HeaderMap, name: impl AsHeaderName) -> Option<&'a str> {
     let mut values = headers.get_all(name).iter();
     let first = values.next()?;
     if values.next().is_some() {
@@ -258,7 +275,7 @@ pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// The bearer token of a header, if it holds one.
-pub fn bearer_of<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub fn bearer_of<'a>(headers: &'a HeaderMap, name: impl AsHeaderName) -> Option<&'a str> {
     header(headers, name).and_then(keys::bearer)
 }
 
@@ -289,5 +306,12 @@ mod tests {
         h.append("authorization", HeaderValue::from_static("Bearer k2"));
         // Two credentials: use neither.
         assert_eq!(bearer_of(&h, "authorization"), None);
+        assert_eq!(bearer_of(&h, names::AUTHORIZATION), None);
+        // The prepared names find what the spelled-out ones find.
+        h.insert("X-Tunnel-Shard-Token", HeaderValue::from_static("t1"));
+        h.insert("x-tunnel-authorization", HeaderValue::from_static("Bearer k3"));
+        assert_eq!(header(&h, names::X_TUNNEL_SHARD_TOKEN), Some("t1"));
+        assert_eq!(bearer_of(&h, names::X_TUNNEL_AUTHORIZATION), Some("k3"));
+        assert_eq!(header(&h, names::MCP_SESSION_ID), None);
     }
 }
