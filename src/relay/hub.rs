@@ -265,7 +265,7 @@ pub fn error_response(status: u16, code: &str, message: &str) -> Response {
 }
 
 /// A header's value as text; absent, repeated-and-ambiguous or non-UTF-8 is `None`.
-pub fn header<'a>(headers: &'a HeaderMap, name: impl AsHeaderName) -> Option<&'a str> {
+pub fn header(headers: &HeaderMap, name: impl AsHeaderName) -> Option<&str> {
     let mut values = headers.get_all(name).iter();
     let first = values.next()?;
     if values.next().is_some() {
@@ -275,7 +275,7 @@ pub fn header<'a>(headers: &'a HeaderMap, name: impl AsHeaderName) -> Option<&'a
 }
 
 /// The bearer token of a header, if it holds one.
-pub fn bearer_of<'a>(headers: &'a HeaderMap, name: impl AsHeaderName) -> Option<&'a str> {
+pub fn bearer_of(headers: &HeaderMap, name: impl AsHeaderName) -> Option<&str> {
     header(headers, name).and_then(keys::bearer)
 }
 
@@ -309,7 +309,10 @@ mod tests {
         assert_eq!(bearer_of(&h, names::AUTHORIZATION), None);
         // The prepared names find what the spelled-out ones find.
         h.insert("X-Tunnel-Shard-Token", HeaderValue::from_static("t1"));
-        h.insert("x-tunnel-authorization", HeaderValue::from_static("Bearer k3"));
+        h.insert(
+            "x-tunnel-authorization",
+            HeaderValue::from_static("Bearer k3"),
+        );
         assert_eq!(header(&h, names::X_TUNNEL_SHARD_TOKEN), Some("t1"));
         assert_eq!(bearer_of(&h, names::X_TUNNEL_AUTHORIZATION), Some("k3"));
         assert_eq!(header(&h, names::MCP_SESSION_ID), None);
