@@ -1955,3 +1955,113 @@ fn sse_client_leaving_mid_stream_cancels_the_command() {
             .any(|l| l.contains("\"status\":499"))
     });
 }
+
+/// One request on a kept-alive raw connection: (status, error code).
+fn exchange(s: &mut TcpStream, head: &str, body: &str) -> (u16, Option<String>) {
+    s.write_all(format!("{head}Content-Length: {}\r\n\r\n{body}", body.len()).as_bytes())
+        .unwrap();
+    let mut acc = Vec::new();
+    read_until(s, &mut acc, "\r\n\r\n");
+    let text = String::from_utf8_lossy(&acc).into_owned();
+    let (resp_head, rest) = text.split_once("\r\n\r\n").unwrap();
+    let status: u16 = resp_head[9..12].parse().unwrap();
+    let len = resp_head
+        .lines()
+        .find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = rest.as_bytes().to_vec();
+    while body.len() < len {
+        let mut buf = [0u8; 4096];
+        match s.read(&mut buf) {
+            Ok(0) => panic!("EOF in a body"),
+            Ok(n) => body.extend_from_slice(&buf[..n]),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    assert_eq!(body.len(), len, "one response at a time");
+    let code = json::from_str::<Value>(&String::from_utf8_lossy(&body))
+        .ok()
+        .and_then(|v| field(&v, &["error", "code"]));
+    (status, code)
+}
+
+#[test]
+fn a_kept_alive_connection_has_every_key_checked_and_sees_a_revocation() {
+    let relay = Relay::start();
+    relay.agent().hello();
+    let st = relay.state();
+    let (_, out) = cli(&[
+        "key",
+        "create",
+        "--state",
+        st,
+        "--role",
+        "connector",
+        "--org",
+        &relay.org,
+    ]);
+    let v = parse(&out);
+    let (doomed_id, doomed) = (
+        field(&v, &["key_id"]).unwrap(),
+        field(&v, &["key"]).unwrap(),
+    );
+    wait_until("new key loaded", || {
+        mcp_post(&relay.mcp_url(), &doomed, "{}").status != 401
+    });
+    let mut s = TcpStream::connect(relay.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let host = relay.addr;
+    let poll = format!("/v1/tunnels/{}/poll?timeout_ms=0", relay.tunnel);
+    let get = |s: &mut TcpStream, key: &str| {
+        exchange(
+            s,
+            &format!("GET {poll} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"),
+            "",
+        )
+    };
+    let mcp = format!("/v1/mcp/{}", relay.tunnel);
+    let post = |s: &mut TcpStream, key: &str| {
+        exchange(
+            s,
+            &format!(
+                "POST {mcp} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+                 Accept: application/json, text/event-stream\r\nAuthorization: Bearer {key}\r\n"
+            ),
+            "{}",
+        )
+    };
+    let unauthorized = (401, Some("invalid_api_key".to_string()));
+    // Each request on the connection is checked for what it presents, also
+    // right after a success with another key.
+    assert_eq!(get(&mut s, &relay.runtime).0, 204);
+    assert_eq!(get(&mut s, "mtk_nope"), unauthorized);
+    assert_eq!(get(&mut s, &relay.runtime).0, 204);
+    let runtime_longer = format!("{}0", relay.runtime);
+    assert_eq!(get(&mut s, &runtime_longer), unauthorized);
+    assert_eq!(
+        get(&mut s, &relay.connector),
+        (403, Some("tunnel_use_forbidden".to_string()))
+    );
+    assert_eq!(post(&mut s, &doomed).0, 400);
+    assert_eq!(post(&mut s, &relay.connector).0, 400);
+    assert_eq!(
+        post(&mut s, &relay.runtime),
+        (403, Some("tunnel_use_forbidden".to_string()))
+    );
+    // A verdict kept for the doomed key does not outlive its revocation.
+    assert_eq!(post(&mut s, &doomed).0, 400);
+    assert_eq!(cli(&["key", "revoke", "--state", st, &doomed_id]).0, 0);
+    wait_until("revocation applied on the kept-alive connection", || {
+        post(&mut s, &doomed) == unauthorized
+    });
+    assert_eq!(post(&mut s, &relay.connector).0, 400);
+    assert_eq!(post(&mut s, &doomed), unauthorized);
+}

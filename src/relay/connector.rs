@@ -29,13 +29,13 @@ use smol::future;
 use smol::stream::{self, Stream};
 
 use super::audit::AuditRecord;
-use super::hub::{bearer_of, error_response, header, Hub};
+use super::hub::{bearer_of, error_response, header, names, Hub};
 use super::keys;
 use super::metrics::{Endpoint, Metrics};
 use super::queue::{NewCommand, Payload, Post, PostKind};
 use super::state::Role;
 use super::timestamp::rfc3339;
-use crate::net::http_server::{Body, Request, Response};
+use crate::net::http_server::{Body, ConnMemo, Request, Response};
 use crate::proto::channel::Channel;
 use crate::proto::failure::{write_error, TunnelFailure};
 use crate::proto::headers::command_headers_from_client;
@@ -122,10 +122,10 @@ fn body_len(b: &Body) -> u64 {
 
 /// The connector credential and whether it came from `Authorization`.
 fn credential(req: &Request) -> (Option<&str>, bool) {
-    match header(&req.headers, "x-tunnel-authorization") {
+    match header(&req.headers, names::X_TUNNEL_AUTHORIZATION) {
         // Present but malformed is a wrong key, not a missing one.
         Some(v) => (Some(keys::bearer(v).unwrap_or("")), false),
-        None => (bearer_of(&req.headers, "authorization"), true),
+        None => (bearer_of(&req.headers, names::AUTHORIZATION), true),
     }
 }
 
@@ -135,7 +135,8 @@ fn credential(req: &Request) -> (Option<&str>, bool) {
 /// never reach the agent's side.
 fn strip_authorization(req: &Request, keyless: bool, auth_is_relay_key: bool) -> bool {
     if keyless {
-        bearer_of(&req.headers, "authorization").is_some_and(|k| k.starts_with(keys::SECRET_PREFIX))
+        bearer_of(&req.headers, names::AUTHORIZATION)
+            .is_some_and(|k| k.starts_with(keys::SECRET_PREFIX))
     } else {
         auth_is_relay_key
     }
@@ -168,6 +169,7 @@ pub async fn handle(
     req: Request,
     tunnel_id: String,
     channel: Option<String>,
+    memo: Rc<ConnMemo>,
 ) -> Response {
     let method = req.method.as_str();
     if method != "POST" && method != "DELETE" {
@@ -178,7 +180,8 @@ pub async fn handle(
     let channel_name = channel.as_deref().unwrap_or("main");
     let mut ex = Exchange::new(hub.clone(), &req, &tunnel_id, channel_name);
     let (cred, auth_is_relay_key) = credential(&req);
-    let principal = match hub.authorize(
+    let principal = match hub.authorize_on(
+        &memo,
         cred,
         req.client_cert.as_deref(),
         &tunnel_id,
@@ -265,7 +268,7 @@ fn payload(
     record: &mut AuditRecord,
 ) -> Result<Payload, (&'static str, String)> {
     if req.method == http::Method::DELETE {
-        if header(&req.headers, "mcp-session-id").is_none_or(str::is_empty) {
+        if header(&req.headers, names::MCP_SESSION_ID).is_none_or(str::is_empty) {
             return Err((
                 "missing_mcp_session_id",
                 "DELETE needs the Mcp-Session-Id of the session to end".into(),

@@ -21,11 +21,11 @@ use miniserde::{json, Serialize};
 use smol::channel::TrySendError;
 use smol::future;
 
-use super::hub::{bearer_of, error_response, header, Hub};
+use super::hub::{bearer_of, error_response, header, names, Hub};
 use super::metrics::{Endpoint, Metrics};
 use super::queue::{Post, PostError, PostKind};
 use super::state::Role;
-use crate::net::http_server::{Request, Response};
+use crate::net::http_server::{ConnMemo, Request, Response};
 use crate::proto::channel::Channel;
 use crate::proto::command::{encode_poll, CommandOut};
 use crate::proto::headers::response_allowlist;
@@ -47,7 +47,7 @@ fn error(hub: &Hub, ep: Endpoint, status: u16, code: &'static str, msg: &str) ->
 }
 
 fn credential(req: &Request) -> Option<&str> {
-    bearer_of(&req.headers, "authorization")
+    bearer_of(&req.headers, names::AUTHORIZATION)
 }
 
 #[derive(Serialize)]
@@ -141,10 +141,10 @@ pub fn parse_poll_query(
 /// `X-Tunnel-MCP-Server-Info`, when sent, must be a valid declaration.
 /// Returns the channels it declares with `proc_affinity`.
 fn check_server_info(hub: &Hub, req: &Request) -> Result<Vec<String>, String> {
-    if req.headers.get("x-tunnel-mcp-server-info").is_none() {
+    if req.headers.get(names::X_TUNNEL_MCP_SERVER_INFO).is_none() {
         return Ok(Vec::new());
     }
-    let value = header(&req.headers, "x-tunnel-mcp-server-info")
+    let value = header(&req.headers, names::X_TUNNEL_MCP_SERVER_INFO)
         .ok_or("X-Tunnel-MCP-Server-Info must be one UTF-8 value")?;
     // An agent sends the same declaration with every poll: decode it once.
     if let Some(channels) = hub.server_info.borrow().get(value) {
@@ -169,7 +169,7 @@ fn decode_server_info(value: &str) -> Result<Vec<String>, String> {
 
 /// The agent instance behind a poll, for liveness: its declared instance id, or its key.
 fn instance_of(req: &Request, key_id: &str) -> String {
-    match header(&req.headers, "x-tunnel-client-instance-id") {
+    match header(&req.headers, names::X_TUNNEL_CLIENT_INSTANCE_ID) {
         Some(v)
             if !v.is_empty()
                 && v.len() <= MAX_INSTANCE_ID
@@ -223,12 +223,13 @@ impl Drop for WakeUp<'_> {
 }
 
 /// `GET /v1/tunnels/{id}/poll`.
-pub async fn poll(hub: Rc<Hub>, req: Request, tunnel_id: String) -> Response {
+pub async fn poll(hub: Rc<Hub>, req: Request, tunnel_id: String, memo: Rc<ConnMemo>) -> Response {
     let ep = Endpoint::Poll;
     // The state the key was checked against; re-checked after a wake-up only
     // when a reload replaced it (hashing the key again costs ~9k instructions).
     let mut checked = hub.state();
-    let principal = match hub.authorize(
+    let principal = match hub.authorize_on(
+        &memo,
         credential(&req),
         req.client_cert.as_deref(),
         &tunnel_id,
@@ -333,7 +334,8 @@ pub async fn poll(hub: Rc<Hub>, req: Request, tunnel_id: String) -> Response {
         // meanwhile: both arrive as a new state.
         let current = hub.state();
         if !Rc::ptr_eq(&current, &checked) {
-            if let Err(e) = hub.authorize(
+            if let Err(e) = hub.authorize_on(
+                &memo,
                 credential(&req),
                 req.client_cert.as_deref(),
                 &tunnel_id,
@@ -366,9 +368,15 @@ fn post_error(hub: &Hub, e: &PostError) -> Response {
 }
 
 /// `POST /v1/tunnels/{id}/response`.
-pub async fn respond(hub: Rc<Hub>, req: Request, tunnel_id: String) -> Response {
+pub async fn respond(
+    hub: Rc<Hub>,
+    req: Request,
+    tunnel_id: String,
+    memo: Rc<ConnMemo>,
+) -> Response {
     let ep = Endpoint::Response;
-    if let Err(e) = hub.authorize(
+    if let Err(e) = hub.authorize_on(
+        &memo,
         credential(&req),
         req.client_cert.as_deref(),
         &tunnel_id,
@@ -376,7 +384,8 @@ pub async fn respond(hub: Rc<Hub>, req: Request, tunnel_id: String) -> Response 
     ) {
         return error(&hub, ep, e.status(), e.code(), e.message());
     }
-    let Some(token) = header(&req.headers, "x-tunnel-shard-token").filter(|t| !t.is_empty()) else {
+    let Some(token) = header(&req.headers, names::X_TUNNEL_SHARD_TOKEN).filter(|t| !t.is_empty())
+    else {
         return error(
             &hub,
             ep,

@@ -7,15 +7,33 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use http::header::{AsHeaderName, HeaderName};
 use http::HeaderMap;
 
+/// Header names looked up on every request, made once: a `&str` name is
+/// validated, lower-cased and hashed again on each lookup.
+pub mod names {
+    use super::HeaderName;
+
+    pub use http::header::AUTHORIZATION;
+    pub const X_TUNNEL_AUTHORIZATION: HeaderName =
+        HeaderName::from_static("x-tunnel-authorization");
+    pub const MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
+    pub const X_TUNNEL_MCP_SERVER_INFO: HeaderName =
+        HeaderName::from_static("x-tunnel-mcp-server-info");
+    pub const X_TUNNEL_CLIENT_INSTANCE_ID: HeaderName =
+        HeaderName::from_static("x-tunnel-client-instance-id");
+    pub const X_TUNNEL_SHARD_TOKEN: HeaderName = HeaderName::from_static("x-tunnel-shard-token");
+}
+
 use crate::net::cert_names::cert_names;
-use crate::net::http_server::Response;
+use crate::net::http_server::{ConnMemo, Response};
 use crate::proto::error_body;
 
 use super::alarms::Alarms;
 use super::audit::AuditLog;
 use super::auth::{self, AuthError, Principal};
+use super::auth_memo::AuthMemo;
 use super::keys;
 use super::metrics::{Metrics, TunnelGauges};
 use super::queue::{QueueConfig, TunnelQueue};
@@ -54,6 +72,8 @@ pub const DEFAULT_MAX_RESPONSE_BODY: usize = 40 * 1024 * 1024;
 
 pub struct Hub {
     state: RefCell<Rc<State>>,
+    /// Bumped by every [`Hub::replace_state`]: what connection memos check.
+    generation: Cell<u64>,
     queues: RefCell<HashMap<String, TunnelQueue>>,
     pub settings: Settings,
     pub audit: AuditLog,
@@ -69,6 +89,7 @@ impl Hub {
     pub fn new(state: State, settings: Settings, audit: AuditLog) -> Rc<Hub> {
         Rc::new(Hub {
             state: RefCell::new(Rc::new(state)),
+            generation: Cell::new(0),
             queues: RefCell::new(HashMap::new()),
             settings,
             audit,
@@ -92,6 +113,7 @@ impl Hub {
             q.wake_all();
         }
         *self.state.borrow_mut() = Rc::new(state);
+        self.generation.set(self.generation.get().wrapping_add(1));
     }
 
     /// Authorizes `credential` and the TLS client certificate (DER of the
@@ -109,6 +131,28 @@ impl Hub {
         let names = client_cert.map(|der| cert_names(der).unwrap_or_default());
         auth::authorize_caller(&state, credential, names.as_deref(), tunnel_id, role)
             .map(|(p, _)| p)
+    }
+
+    /// [`Hub::authorize`] for a request on a connection whose `memo` holds
+    /// its last verdict: the same inputs against the same state reuse it
+    /// (a key hash saved per request); anything else is checked afresh.
+    pub fn authorize_on(
+        &self,
+        memo: &ConnMemo,
+        credential: Option<&str>,
+        client_cert: Option<&[u8]>,
+        tunnel_id: &str,
+        role: Role,
+    ) -> Result<Principal, AuthError> {
+        let generation = self.generation.get();
+        memo.with(|m: &mut AuthMemo| {
+            if let Some(p) = m.recall(generation, credential, client_cert, tunnel_id, role) {
+                return Ok(p);
+            }
+            let p = self.authorize(credential, client_cert, tunnel_id, role)?;
+            m.remember(generation, credential, client_cert, tunnel_id, role, &p);
+            Ok(p)
+        })
     }
 
     /// The queue of a tunnel, created on first use. Callers must not hold it across `.await`.
@@ -221,7 +265,7 @@ pub fn error_response(status: u16, code: &str, message: &str) -> Response {
 }
 
 /// A header's value as text; absent, repeated-and-ambiguous or non-UTF-8 is `None`.
-pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub fn header(headers: &HeaderMap, name: impl AsHeaderName) -> Option<&str> {
     let mut values = headers.get_all(name).iter();
     let first = values.next()?;
     if values.next().is_some() {
@@ -231,7 +275,7 @@ pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// The bearer token of a header, if it holds one.
-pub fn bearer_of<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub fn bearer_of(headers: &HeaderMap, name: impl AsHeaderName) -> Option<&str> {
     header(headers, name).and_then(keys::bearer)
 }
 
@@ -262,5 +306,15 @@ mod tests {
         h.append("authorization", HeaderValue::from_static("Bearer k2"));
         // Two credentials: use neither.
         assert_eq!(bearer_of(&h, "authorization"), None);
+        assert_eq!(bearer_of(&h, names::AUTHORIZATION), None);
+        // The prepared names find what the spelled-out ones find.
+        h.insert("X-Tunnel-Shard-Token", HeaderValue::from_static("t1"));
+        h.insert(
+            "x-tunnel-authorization",
+            HeaderValue::from_static("Bearer k3"),
+        );
+        assert_eq!(header(&h, names::X_TUNNEL_SHARD_TOKEN), Some("t1"));
+        assert_eq!(bearer_of(&h, names::X_TUNNEL_AUTHORIZATION), Some("k3"));
+        assert_eq!(header(&h, names::MCP_SESSION_ID), None);
     }
 }

@@ -183,10 +183,20 @@ pub fn bearer(value: &str) -> Option<&str> {
         return None;
     }
     let token = token.trim();
-    if token.is_empty() || token.contains(char::is_whitespace) {
+    if token.is_empty() || has_whitespace(token) {
         return None;
     }
     Some(token)
+}
+
+/// `s.contains(char::is_whitespace)`, with a branch-free pass first (this
+/// runs on each request): ASCII whitespace is all at or below the space, so
+/// a token with no such byte and no non-ASCII byte has none.
+fn has_whitespace(s: &str) -> bool {
+    let suspect = s
+        .bytes()
+        .fold(false, |acc, b| acc | (b <= b' ') | (b >= 0x80));
+    suspect && s.contains(char::is_whitespace)
 }
 
 #[cfg(test)]
@@ -261,5 +271,18 @@ mod tests {
         assert_eq!(bearer("Bearer "), None);
         assert_eq!(bearer("Bearer a b"), None);
         assert_eq!(bearer("Bearerabc"), None);
+        for ws in ["\t", "\u{0b}", "\u{0c}", "\r", "\n", "\u{a0}", "\u{2003}"] {
+            assert_eq!(bearer(&format!("Bearer a{ws}b")), None, "{ws:?}");
+        }
+        assert_eq!(bearer("Bearer k\u{e9}y"), Some("k\u{e9}y"));
+    }
+
+    #[test]
+    fn whitespace_check_matches_char_is_whitespace() {
+        for c in (0u32..0x3100).filter_map(char::from_u32) {
+            for s in [format!("ab{c}"), format!("\u{e9}{c}"), format!("{c}")] {
+                assert_eq!(has_whitespace(&s), s.contains(char::is_whitespace), "{c:?}");
+            }
+        }
     }
 }

@@ -5,6 +5,7 @@
 //! | `state` | orgs, tunnels, keys on disk: atomic store, lock, change watcher |
 //! | `keys` | random secrets and ids, SHA-256 at rest, constant-time lookup |
 //! | `auth` | which key may do what on which tunnel (and what errors reveal) |
+//! | `auth_memo` | a keep-alive connection's last verdict, reused until the state changes |
 //! | `queue` | one tunnel's waiting commands, pending answers, agent liveness |
 //! | `affinity` | which agent instance owns a process-local channel's work (`proc_affinity`) |
 //! | `alarms` | deadlines of parked handlers on one shared reactor timer |
@@ -20,6 +21,7 @@ pub mod affinity;
 pub mod alarms;
 pub mod audit;
 pub mod auth;
+pub mod auth_memo;
 pub mod cli;
 pub mod connector;
 pub mod control_plane;

@@ -400,14 +400,16 @@ impl TunnelQueue {
                     }
                 }
                 e.delivered = true;
+                // A command is delivered once, never again: what only the
+                // agent needs moves out (the answer's checks keep the rest).
                 out.push(Outgoing {
                     request_id: id,
                     shard_token: e.shard_token.clone(),
                     command_type: e.payload.command_type(),
                     channel: e.channel.clone(),
-                    created_at: e.created_at.clone(),
+                    created_at: std::mem::take(&mut e.created_at),
                     response_timeout: left,
-                    headers: e.headers.clone(),
+                    headers: std::mem::take(&mut e.headers),
                     jsonrpc: e.payload.jsonrpc(),
                 });
             } else {

@@ -22,7 +22,7 @@ use super::hub::{error_response, Hub, Settings};
 use super::metrics::{Endpoint, Metrics};
 use super::queue::QueueConfig;
 use super::state::{Role, State, StateDir, Watcher};
-use crate::net::http_server::{self, Handler, Limits, Request, Response};
+use crate::net::http_server::{self, ConnMemo, Handler, Limits, Request, Response};
 use crate::net::listen_addr::{self, Listener, SocketFile};
 use crate::net::tls_listener::{self, ClientAuth};
 use crate::ops::pidfile::PidFile;
@@ -50,8 +50,16 @@ fn not_allowed(hub: &Hub, allow: &'static str) -> Response {
 
 impl Handler for Router {
     fn handle(&self, req: Request) -> Pin<Box<dyn Future<Output = Response>>> {
+        self.handle_on(req, &Rc::new(ConnMemo::default()))
+    }
+
+    fn handle_on(
+        &self,
+        req: Request,
+        memo: &Rc<ConnMemo>,
+    ) -> Pin<Box<dyn Future<Output = Response>>> {
         let hub = self.hub.clone();
-        Box::pin(route(hub, req))
+        Box::pin(route(hub, req, memo.clone()))
     }
 
     fn max_body_bytes(&self, method: &http::Method, uri: &http::Uri) -> Option<usize> {
@@ -62,40 +70,57 @@ impl Handler for Router {
     }
 }
 
-async fn route(hub: Rc<Hub>, req: Request) -> Response {
-    let path = req.uri.path().to_string();
-    let segs: Vec<&str> = path.split('/').skip(1).collect();
+/// Where a request goes; ids are copied out of the path so the request can move on.
+enum Route {
+    Metadata(String),
+    Poll(String),
+    Response(String),
+    Mcp(String, Option<String>),
+    Healthz,
+    NotFound,
+}
+
+fn route_of(path: &str) -> Route {
+    // At most five segments matter; a sixth means no route (as a longer slice did).
+    let mut it = path.split('/').skip(1);
+    let segs = [it.next(), it.next(), it.next(), it.next(), it.next()];
+    if it.next().is_some() {
+        return Route::NotFound;
+    }
+    match segs {
+        [Some("v1"), Some("tunnels"), Some(id), None, None] => Route::Metadata(id.into()),
+        [Some("v1"), Some("tunnels"), Some(id), Some("poll"), None] => Route::Poll(id.into()),
+        [Some("v1"), Some("tunnels"), Some(id), Some("response"), None] => {
+            Route::Response(id.into())
+        }
+        [Some("v1"), Some("mcp"), Some(id), None | Some(""), None] => Route::Mcp(id.into(), None),
+        [Some("v1"), Some("mcp"), Some(id), Some(channel), None] => {
+            Route::Mcp(id.into(), Some(channel.into()))
+        }
+        [Some("healthz"), None, None, None, None] => Route::Healthz,
+        _ => Route::NotFound,
+    }
+}
+
+async fn route(hub: Rc<Hub>, req: Request, memo: Rc<ConnMemo>) -> Response {
     let get = req.method == http::Method::GET || req.method == http::Method::HEAD;
     let post = req.method == http::Method::POST;
-    match segs.as_slice() {
-        ["v1", "tunnels", id] => match get {
-            true => control_plane::metadata(&hub, &req, id),
+    match route_of(req.uri.path()) {
+        Route::Metadata(id) => match get {
+            true => control_plane::metadata(&hub, &req, &id),
             false => not_allowed(&hub, "GET"),
         },
-        ["v1", "tunnels", id, "poll"] => match get {
-            true => {
-                let id = id.to_string();
-                control_plane::poll(hub, req, id).await
-            }
+        Route::Poll(id) => match get {
+            true => control_plane::poll(hub, req, id, memo).await,
             false => not_allowed(&hub, "GET"),
         },
-        ["v1", "tunnels", id, "response"] => match post {
-            true => {
-                let id = id.to_string();
-                control_plane::respond(hub, req, id).await
-            }
+        Route::Response(id) => match post {
+            true => control_plane::respond(hub, req, id, memo).await,
             false => not_allowed(&hub, "POST"),
         },
-        ["v1", "mcp", id] | ["v1", "mcp", id, ""] => {
-            let id = id.to_string();
-            connector::handle(hub, req, id, None).await
-        }
-        ["v1", "mcp", id, channel] => {
-            let (id, channel) = (id.to_string(), channel.to_string());
-            connector::handle(hub, req, id, Some(channel)).await
-        }
-        ["healthz"] => Response::json(200, br#"{"status":"ok"}"#.to_vec()),
-        _ => {
+        Route::Mcp(id, channel) => connector::handle(hub, req, id, channel, memo).await,
+        Route::Healthz => Response::json(200, br#"{"status":"ok"}"#.to_vec()),
+        Route::NotFound => {
             hub.metrics.count(Endpoint::Other, 404, "not_found");
             error_response(404, "not_found", "no such endpoint")
         }

@@ -9,13 +9,29 @@ pub fn rfc3339(t: SystemTime) -> String {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     let (y, m, day) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60,
-        d.subsec_millis()
-    )
+    let (hh, mm, ss, ms) = (rem / 3600, (rem / 60) % 60, rem % 60, d.subsec_millis());
+    if !(0..=9999).contains(&y) {
+        return format!("{y:04}-{m:02}-{day:02}T{hh:02}:{mm:02}:{ss:02}.{ms:03}Z");
+    }
+    // One per command: digits written in place instead of through `format!`.
+    let mut out = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, width: usize, mut v: u64| {
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, y as u64);
+    put(5, 2, u64::from(m));
+    put(8, 2, u64::from(day));
+    put(11, 2, hh);
+    put(14, 2, mm);
+    put(17, 2, ss);
+    put(20, 3, u64::from(ms));
+    // Only ASCII digits and separators: never fails.
+    std::str::from_utf8(&out)
+        .map(str::to_owned)
+        .unwrap_or_default()
 }
 
 /// Days since 1970-01-01 → (year, month, day), proleptic Gregorian
@@ -45,5 +61,10 @@ mod tests {
         assert_eq!(rfc3339(t), "2024-02-29T12:34:56.789Z");
         let t = UNIX_EPOCH + Duration::from_secs(4_102_444_799);
         assert_eq!(rfc3339(t), "2099-12-31T23:59:59.000Z");
+        let t = UNIX_EPOCH + Duration::from_millis(951_868_800_007);
+        assert_eq!(rfc3339(t), "2000-03-01T00:00:00.007Z");
+        // Past year 9999 the year just grows (as `format!` wrote it).
+        let t = UNIX_EPOCH + Duration::from_secs(253_402_300_800);
+        assert_eq!(rfc3339(t), "10000-01-01T00:00:00.000Z");
     }
 }

@@ -19,7 +19,7 @@ use ureq_proto::server::state::{Cleanup, ProvideResponse, RecvBody, RecvRequest,
 use ureq_proto::server::{RecvRequestResult, Reply, SendResponseResult};
 
 use super::framing::{body_too_large, canned_reply, end_chunked_body, into_http};
-use super::{Body, Handler, Limits, Request, Response};
+use super::{Body, ConnMemo, Handler, Limits, Request, Response};
 use crate::ops::shutdown::Shutdown;
 
 // ------------------------------------------------------------------------------------ connection
@@ -173,6 +173,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         handler: &dyn Handler,
     ) -> End {
         let mut first = true;
+        let memo = std::rc::Rc::new(ConnMemo::default());
         loop {
             if let Err(end) = self.await_request(first).await {
                 return end;
@@ -197,7 +198,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 peer,
                 client_cert: client_cert.clone(),
             };
-            let response = match self.run_handler(handler.handle(request)).await {
+            let response = match self.run_handler(handler.handle_on(request, &memo)).await {
                 Some(r) => r,
                 None => return End::ClientGone,
             };

@@ -13,6 +13,8 @@ mod accept;
 mod conn;
 mod framing;
 
+use std::any::Any;
+use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
@@ -186,12 +188,54 @@ impl Response {
     }
 }
 
+/// What a handler keeps for the life of one connection, between its
+/// requests: e.g. a verdict it may reuse while the next request on a
+/// keep-alive connection presents the same credential. Starts empty; the
+/// server never looks inside and drops it with the connection.
+#[derive(Default)]
+pub struct ConnMemo(RefCell<Option<Box<dyn Any>>>);
+
+impl ConnMemo {
+    /// Runs `f` on the handler's value of type `T`, made with `T::default()`
+    /// on first use (or when a value of another type was kept). `f` must not
+    /// use the same memo again (it is borrowed meanwhile).
+    pub fn with<T: Any + Default, R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        let mut slot = self.0.borrow_mut();
+        if !slot.as_ref().is_some_and(|v| v.is::<T>()) {
+            *slot = Some(Box::new(T::default()));
+        }
+        match slot.as_mut().and_then(|v| v.downcast_mut::<T>()) {
+            Some(v) => f(v),
+            // Unreachable (just stored); a fresh value keeps this panic-free.
+            None => f(&mut T::default()),
+        }
+    }
+}
+
+impl fmt::Debug for ConnMemo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ConnMemo")
+    }
+}
+
 /// A handler returns a future; when the client disconnects (EOF/reset on the
 /// socket) while the future is pending, the server DROPS the future — that is
 /// how a long-poll or a connector request learns it was cancelled (handlers use
 /// Drop guards). The same holds for a `Body::Stream` while it is being sent.
 pub trait Handler {
     fn handle(&self, req: Request) -> Pin<Box<dyn Future<Output = Response>>>;
+
+    /// [`Handler::handle`] with the memo of the connection the request came
+    /// on, for handlers that keep something between the requests of one
+    /// connection. The server calls this one; the default ignores the memo.
+    fn handle_on(
+        &self,
+        req: Request,
+        memo: &Rc<ConnMemo>,
+    ) -> Pin<Box<dyn Future<Output = Response>>> {
+        let _ = memo;
+        self.handle(req)
+    }
 
     /// The largest body accepted for a request to `uri`, decided from the
     /// head before any body byte is read; `None` keeps
