@@ -81,14 +81,18 @@ fn remaining(after: UreqDuration) -> Option<Duration> {
     }
 }
 
-/// The time the next of `left` addresses may take: half of what remains, all
-/// of it for the last one, never under [`MIN_PER_ADDRESS`] (a host with IPv6
-/// and IPv4 addresses of which the first does not answer still leaves the
-/// other time).
+/// The time the next of `left` addresses may take: half of what remains
+/// (never under [`MIN_PER_ADDRESS`]: a host with IPv6 and IPv4 addresses of
+/// which the first does not answer still leaves the other time), all of it
+/// for the last one. Never more than remains: the deadline is the deadline.
 fn address_budget(rest: Option<Duration>, left: usize) -> Option<Duration> {
     let rest = rest?;
-    let share = if left > 1 { rest / 2 } else { rest };
-    Some(share.max(MIN_PER_ADDRESS))
+    let share = if left > 1 {
+        (rest / 2).max(MIN_PER_ADDRESS)
+    } else {
+        rest
+    };
+    Some(share.min(rest))
 }
 
 /// Whether a failed connect concerns only that address, so the next one may
@@ -367,10 +371,11 @@ mod tests {
     fn addresses_share_the_connect_time() {
         assert_eq!(address_budget(Some(S(10)), 1), Some(S(10)));
         assert_eq!(address_budget(Some(S(10)), 3), Some(S(5)));
-        assert_eq!(
-            address_budget(Some(Duration::from_millis(4)), 2),
-            Some(MIN_PER_ADDRESS)
-        );
+        let ms = Duration::from_millis;
+        assert_eq!(address_budget(Some(ms(12)), 2), Some(MIN_PER_ADDRESS));
+        // Never past the deadline, not even for the floor.
+        assert_eq!(address_budget(Some(ms(4)), 2), Some(ms(4)));
+        assert_eq!(address_budget(Some(ms(1)), 1), Some(ms(1)));
         assert_eq!(address_budget(None, 2), None);
     }
 

@@ -436,13 +436,18 @@ impl TunnelQueue {
     }
 
     /// Wakes a parked poll for each waiting command (as many as there are
-    /// commands): a woken poll went away without taking its command.
+    /// commands): a woken poll went away without taking its command. A
+    /// command no parked poll can take does not stop the others: the next
+    /// may be for a channel that one serves.
     pub fn pass_on(&mut self, now: Instant) {
         for id in &self.waiting {
+            if self.parked.is_empty() {
+                break;
+            }
             let Some(e) = self.entries.get(id) else {
                 continue;
             };
-            if !wake_one(
+            wake_one(
                 &mut self.parked,
                 &self.agents,
                 &self.pins,
@@ -450,9 +455,7 @@ impl TunnelQueue {
                 &e.channel,
                 e.affinity_key.as_deref(),
                 now,
-            ) {
-                break;
-            }
+            );
         }
     }
 
@@ -1040,6 +1043,31 @@ mod tests {
         let idle = q.park("c", None);
         q.pass_on(t0);
         assert!(idle.try_recv().is_err());
+    }
+
+    #[test]
+    fn passing_on_skips_a_command_nobody_parked_can_take() {
+        let t0 = Instant::now();
+        let mut q = live_queue(10, t0);
+        let woken = q.park("a", None);
+        let _d = q
+            .enqueue(req("docs", "1", t0 + Duration::from_secs(5)), t0)
+            .unwrap();
+        assert!(woken.try_recv().is_ok());
+        let main_only = q.park("b", Some(&["main".to_string()]));
+        let _m = q
+            .enqueue(req("main", "2", t0 + Duration::from_secs(5)), t0)
+            .unwrap();
+        assert!(main_only.try_recv().is_ok());
+        // Both polls leave without taking; a main-only poll parks again.
+        drop(woken);
+        drop(main_only);
+        let again = q.park("b", Some(&["main".to_string()]));
+        q.pass_on(t0);
+        assert!(
+            again.try_recv().is_ok(),
+            "the main command was passed on past the docs one"
+        );
     }
 
     #[test]
