@@ -404,16 +404,17 @@ impl StdioTarget {
                 let initialized = br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
                 let _ = self.forward(initialized, Expect::Ack, budget, bufs, &mut ignore);
                 log::info!("channel {ch}: the restarted stdio MCP server was given the client's initialize again");
+                // One replay per child, whatever it answered: a child that
+                // refuses it answers the requests themselves with its own errors.
+                let mut st = self.shared.lock();
+                st.initialized = st.initialized.max(generation);
             }
+            // No answer (the child hung and was killed, or died): the next
+            // request replays to the child that replaces it.
             _ => log::warn!(
                 "channel {ch}: replaying initialize to the restarted stdio MCP server failed"
             ),
         }
-        // One replay per child, whatever came of it: a child that refuses it
-        // answers the requests themselves with its own errors.
-        let mut st = self.shared.lock();
-        st.initialized = st.initialized.max(generation);
-        drop(st);
         bufs.body.clear();
     }
 
