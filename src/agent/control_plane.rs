@@ -198,24 +198,31 @@ fn poll_query(timeout: Duration, channels: &[Channel]) -> String {
 }
 
 /// The headers [`ControlPlane::with_headers`] adds besides Authorization, in
-/// its order, or `None` when one value is not a valid header value.
-fn fixed_headers(
-    instance_id: &str,
-    server_info: &str,
-    organization: Option<&str>,
-) -> Option<Vec<(http::HeaderName, http::HeaderValue)>> {
-    let mut pairs = vec![
+/// its order.
+fn header_pairs<'a>(
+    instance_id: &'a str,
+    server_info: &'a str,
+    organization: Option<&'a str>,
+) -> impl Iterator<Item = (&'static str, &'a str)> {
+    [
         ("x-tunnel-client-name", CLIENT_NAME),
         ("x-tunnel-client-version", CLIENT_VERSION),
         ("x-tunnel-client-instance-id", instance_id),
         ("x-tunnel-mcp-server-info", server_info),
         ("accept", "application/json"),
-    ];
-    if let Some(org) = organization {
-        pairs.push(("openai-organization", org));
-    }
-    pairs
-        .into_iter()
+    ]
+    .into_iter()
+    .chain(organization.map(|org| ("openai-organization", org)))
+}
+
+/// [`header_pairs`] parsed once, or `None` when one value is not a valid
+/// header value.
+fn fixed_headers(
+    instance_id: &str,
+    server_info: &str,
+    organization: Option<&str>,
+) -> Option<Vec<(http::HeaderName, http::HeaderValue)>> {
+    header_pairs(instance_id, server_info, organization)
         .map(|(n, v)| {
             Some((
                 http::HeaderName::from_static(n),
@@ -289,14 +296,14 @@ impl ControlPlane {
             }
             return req;
         }
-        req = req
-            .header("X-Tunnel-Client-Name", CLIENT_NAME)
-            .header("X-Tunnel-Client-Version", CLIENT_VERSION)
-            .header("X-Tunnel-Client-Instance-Id", self.instance_id.as_str())
-            .header("X-Tunnel-MCP-Server-Info", self.server_info.as_str())
-            .header("Accept", "application/json");
-        if let Some(org) = &self.organization {
-            req = req.header("OpenAI-Organization", org.as_str());
+        // A value that did not parse: ureq refuses the request with its error.
+        let pairs = header_pairs(
+            &self.instance_id,
+            &self.server_info,
+            self.organization.as_deref(),
+        );
+        for (name, value) in pairs {
+            req = req.header(name, value);
         }
         req
     }

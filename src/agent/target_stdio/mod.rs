@@ -386,6 +386,15 @@ impl StdioTarget {
     /// client's `initialize` and `notifications/initialized` first, within
     /// this request's budget. The replay's answer goes nowhere.
     fn replay_handshake(&self, budget: Budget, bufs: &mut TargetBuffers) {
+        {
+            // The common case in one look: nothing to replay, or the running
+            // child already has it.
+            let st = self.shared.lock();
+            let running = st.running.as_ref().filter(|r| r.up());
+            if st.handshake.is_none() || running.is_some_and(|r| r.generation == st.initialized) {
+                return;
+            }
+        }
         let Some(generation) = self.wait_until_up(budget) else {
             return;
         };
