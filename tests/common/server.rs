@@ -351,9 +351,10 @@ fn respond<S: Read + Write>(mut s: S, body: &str, is_json: bool, served: &Atomic
         "HTTP/1.1 200 OK\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
-    if s.write_all(resp.as_bytes()).is_ok() && s.flush().is_ok() {
-        served.fetch_add(1, Ordering::SeqCst);
-    }
+    // Counted before the answer is written: a client that has read the
+    // answer may check the count at once, before this thread runs again.
+    served.fetch_add(1, Ordering::SeqCst);
+    let _ = s.write_all(resp.as_bytes()).and_then(|()| s.flush());
 }
 
 fn content_length(head: &[u8]) -> usize {
