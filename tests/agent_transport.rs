@@ -387,3 +387,32 @@ fn a_body_larger_than_the_buffer_goes_out_whole() {
         assert!(said.ends_with(" true"), "body damaged: {said}");
     }
 }
+
+#[test]
+fn an_endpoint_sends_the_host_ureq_would() {
+    use mcp_tunnel::agent::client::Endpoint;
+    let (tx, rx) = mpsc::channel();
+    let (url, _) = serve(move |_, conn| {
+        let mut r = BufReader::new(conn.try_clone().unwrap());
+        let mut w = conn;
+        while let Some(head) = read_request(&mut r) {
+            let host: Vec<String> = head
+                .lines()
+                .filter(|l| l.to_ascii_lowercase().starts_with("host:"))
+                .map(str::to_string)
+                .collect();
+            let _ = tx.send(host);
+            answer(&mut w, "ok");
+        }
+    });
+    let a = client();
+    let url = format!("{url}?q=1");
+    let call = |req: ureq::RequestBuilder<ureq::typestate::WithoutBody>| {
+        req.call().unwrap().body_mut().read_to_string().unwrap();
+        rx.recv_timeout(Duration::from_secs(5)).unwrap()
+    };
+    let by_ureq = call(a.get(&url));
+    let by_endpoint = call(Endpoint::new(url.clone()).get(&a));
+    assert_eq!(by_ureq.len(), 1, "{by_ureq:?}");
+    assert_eq!(by_endpoint, by_ureq);
+}

@@ -3,6 +3,9 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
+use http::header::CONTENT_TYPE;
+use http::{HeaderName, HeaderValue};
+
 use super::client::drain;
 use super::control_plane::{read_error_code, ControlPlane};
 use super::metrics::RetryKind;
@@ -18,6 +21,8 @@ use crate::proto::timeout::Deadline;
 pub const MAX_ATTEMPTS: u32 = 4;
 /// Per-attempt cap when the command has no deadline.
 pub const POST_TIMEOUT: Duration = Duration::from_secs(30);
+const SHARD_TOKEN: HeaderName = HeaderName::from_static("x-tunnel-shard-token");
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 
@@ -55,9 +60,9 @@ impl ControlPlane {
             };
             attempts += 1;
             let req = self
-                .with_headers(self.agent.post(&self.response_url))
-                .header("Content-Type", "application/json")
-                .header("X-Tunnel-Shard-Token", shard.as_str())
+                .with_headers(self.response.post(&self.agent))
+                .header(CONTENT_TYPE, JSON)
+                .header(SHARD_TOKEN, shard.as_str())
                 .config()
                 .timeout_global(Some(timeout))
                 .build();
