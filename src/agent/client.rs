@@ -150,24 +150,37 @@ impl Endpoint {
 
     pub fn get(&self, agent: &ureq::Agent) -> ureq::RequestBuilder<WithoutBody> {
         match self.parsed.as_deref() {
-            Some((uri, host)) => agent.get(uri.clone()).header(HOST, host.clone()),
+            Some((uri, host)) => with_host(agent.get(uri.clone()), host),
             None => agent.get(&self.url),
         }
     }
 
     pub fn post(&self, agent: &ureq::Agent) -> ureq::RequestBuilder<WithBody> {
         match self.parsed.as_deref() {
-            Some((uri, host)) => agent.post(uri.clone()).header(HOST, host.clone()),
+            Some((uri, host)) => with_host(agent.post(uri.clone()), host),
             None => agent.post(&self.url),
         }
     }
 
     pub fn delete(&self, agent: &ureq::Agent) -> ureq::RequestBuilder<WithoutBody> {
         match self.parsed.as_deref() {
-            Some((uri, host)) => agent.delete(uri.clone()).header(HOST, host.clone()),
+            Some((uri, host)) => with_host(agent.delete(uri.clone()), host),
             None => agent.delete(&self.url),
         }
     }
+}
+
+/// Headers a request has room for before its map grows (and rehashes): a
+/// control-plane request's (Host, Authorization, the fixed ones,
+/// Content-Type, the shard token) or a forwarded MCP request's usual set.
+const HEADER_ROOM: usize = 12;
+
+fn with_host<B>(mut req: ureq::RequestBuilder<B>, host: &HeaderValue) -> ureq::RequestBuilder<B> {
+    if let Some(headers) = req.headers_mut() {
+        let _ = headers.try_reserve(HEADER_ROOM);
+        let _ = headers.try_append(HOST, host.clone());
+    }
+    req
 }
 
 /// The `Host` value for `uri` as ureq-proto writes it (`maybe_with_port`):

@@ -331,20 +331,37 @@ impl ControlPlane {
     }
 
     /// The headers every control-plane request carries.
-    pub(crate) fn with_headers<B>(&self, req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
-        let mut req = match self.key.bearer() {
+    pub(crate) fn with_headers<B>(
+        &self,
+        mut req: ureq::RequestBuilder<B>,
+    ) -> ureq::RequestBuilder<B> {
+        let bearer = self.key.bearer();
+        if let (Some(fixed), Some(headers)) = (&self.fixed_headers, req.headers_mut()) {
+            if !matches!(bearer, Bearer::Invalid(_)) {
+                // Straight into the map: clones of parsed values share their
+                // bytes, and the builder is not moved once per header.
+                if let Bearer::Value(v) = bearer {
+                    let _ = headers.try_append(http::header::AUTHORIZATION, v);
+                }
+                for (name, value) in fixed {
+                    let _ = headers.try_append(name.clone(), value.clone());
+                }
+                return req;
+            }
+        }
+        // A value that did not parse (or a builder already failed): through
+        // ureq's builder, which refuses the request with its error.
+        let mut req = match bearer {
             Bearer::None => req,
             Bearer::Value(v) => req.header(http::header::AUTHORIZATION, v),
             Bearer::Invalid(key) => req.header("Authorization", format!("Bearer {}", key.expose())),
         };
         if let Some(fixed) = &self.fixed_headers {
-            // Clones of parsed values share their bytes: no parsing or copy per request.
             for (name, value) in fixed {
                 req = req.header(name.clone(), value.clone());
             }
             return req;
         }
-        // A value that did not parse: ureq refuses the request with its error.
         let pairs = header_pairs(
             &self.instance_id,
             &self.server_info,

@@ -59,13 +59,21 @@ impl ControlPlane {
                 None => POST_TIMEOUT,
             };
             attempts += 1;
-            let req = self
-                .with_headers(self.response.post(&self.agent))
-                .header(CONTENT_TYPE, JSON)
-                .header(SHARD_TOKEN, shard.as_str())
-                .config()
-                .timeout_global(Some(timeout))
-                .build();
+            let mut req = self.with_headers(self.response.post(&self.agent));
+            match (req.headers_mut(), HeaderValue::from_str(shard.as_str())) {
+                (Some(headers), Ok(token)) => {
+                    let _ = headers.try_append(CONTENT_TYPE, JSON);
+                    let _ = headers.try_append(SHARD_TOKEN, token);
+                }
+                // Not a header value (or the builder already failed): ureq's
+                // builder reports it, as it always did.
+                _ => {
+                    req = req
+                        .header(CONTENT_TYPE, JSON)
+                        .header(SHARD_TOKEN, shard.as_str())
+                }
+            }
+            let req = req.config().timeout_global(Some(timeout)).build();
             let mut retry_after = None;
             let attempt = match req.send(body) {
                 Ok(mut resp) => {

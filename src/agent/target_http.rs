@@ -92,7 +92,13 @@ impl HttpTarget {
                 log::debug!("dropping a header that is not valid HTTP");
                 continue;
             };
-            req = req.header(name, value);
+            // Straight into the map: the builder is not moved once per header.
+            match req.headers_mut() {
+                Some(map) => {
+                    let _ = map.try_append(name, value);
+                }
+                None => req = req.header(name, value),
+            }
         }
         req.config().timeout_global(Some(timeout)).build()
     }
