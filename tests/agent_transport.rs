@@ -2,7 +2,8 @@
 //! (`agent::tcp_transport`): a pooled connection the server closed is noticed
 //! and replaced, deadlines fire on reads and writes (also on a reused
 //! connection whose socket timeout was armed for another request), an early
-//! socket wake-up is not a timeout, and bodies bigger than the buffers stream.
+//! socket wake-up is not a timeout, bodies bigger than the buffers stream, and
+//! a request that fits the output buffer goes out in one TCP segment.
 //! Proxy CONNECT, TLS and mTLS through the same chain: agent_edge.rs, doctor.rs.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -284,4 +285,134 @@ fn a_response_head_larger_than_the_input_buffer_is_refused_as_such() {
         matches!(err, ureq::Error::LargeResponseHeader(..)),
         "{err:?}"
     );
+}
+
+/// Data-carrying TCP segments `conn` has received so far (Linux
+/// `tcp_info.tcpi_data_segs_in`): how many sends a loopback peer needed.
+fn data_segments_in(conn: &TcpStream) -> u32 {
+    use std::os::fd::AsRawFd;
+    extern "C" {
+        fn getsockopt(fd: i32, level: i32, name: i32, value: *mut u8, len: *mut u32) -> i32;
+    }
+    const IPPROTO_TCP: i32 = 6;
+    const TCP_INFO: i32 = 11;
+    const DATA_SEGS_IN: usize = 152;
+    let mut info = [0u8; 256];
+    let mut len = info.len() as u32;
+    // SAFETY: `info` is writable for `len` bytes; the kernel writes at most that.
+    let rc = unsafe {
+        getsockopt(
+            conn.as_raw_fd(),
+            IPPROTO_TCP,
+            TCP_INFO,
+            info.as_mut_ptr(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    assert!(
+        len as usize >= DATA_SEGS_IN + 4,
+        "kernel too old for tcpi_data_segs_in"
+    );
+    u32::from_ne_bytes(info[DATA_SEGS_IN..DATA_SEGS_IN + 4].try_into().unwrap())
+}
+
+/// A server that reads each request whole (head and the body `expect_body`)
+/// and answers with how many TCP segments with data it took, and whether the
+/// body was the one expected.
+fn segments_per_request(expect_body: Vec<u8>) -> String {
+    let (url, _) = serve(move |_, conn| {
+        let mut r = BufReader::new(conn.try_clone().unwrap());
+        let mut w = conn;
+        // A new connection: the handshake carried no data.
+        let mut before = 0;
+        loop {
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                match r.read_line(&mut line) {
+                    Ok(n) if n > 0 => {}
+                    _ => return,
+                }
+                head.push_str(&line);
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0; expect_body.len()];
+            if r.read_exact(&mut body).is_err() {
+                return;
+            }
+            let now = data_segments_in(&w);
+            let whole = body == expect_body && head.contains(&format!("{}", body.len()));
+            answer(&mut w, &format!("{} {whole}", now - before));
+            before = now;
+        }
+    });
+    url
+}
+
+fn post(agent: &ureq::Agent, url: &str, body: &[u8]) -> String {
+    agent
+        .post(url)
+        .config()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .send(body)
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap()
+}
+
+#[test]
+fn a_request_that_fits_the_buffer_is_one_segment() {
+    let body = br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#.to_vec();
+    let url = segments_per_request(body.clone());
+    let a = client();
+    // A new connection, then pooled ones: head and body in one send each time.
+    for _ in 0..3 {
+        assert_eq!(post(&a, &url, &body), "1 true");
+    }
+}
+
+#[test]
+fn a_body_larger_than_the_buffer_goes_out_whole() {
+    // More than the 16 KiB output buffer, less than the socket buffers.
+    let body: Vec<u8> = (0..40 * 1024).map(|i| b'a' + (i % 26) as u8).collect();
+    let url = segments_per_request(body.clone());
+    let a = client();
+    for _ in 0..2 {
+        let said = post(&a, &url, &body);
+        assert!(said.ends_with(" true"), "body damaged: {said}");
+    }
+}
+
+#[test]
+fn an_endpoint_sends_the_host_ureq_would() {
+    use mcp_tunnel::agent::client::Endpoint;
+    let (tx, rx) = mpsc::channel();
+    let (url, _) = serve(move |_, conn| {
+        let mut r = BufReader::new(conn.try_clone().unwrap());
+        let mut w = conn;
+        while let Some(head) = read_request(&mut r) {
+            let host: Vec<String> = head
+                .lines()
+                .filter(|l| l.to_ascii_lowercase().starts_with("host:"))
+                .map(str::to_string)
+                .collect();
+            let _ = tx.send(host);
+            answer(&mut w, "ok");
+        }
+    });
+    let a = client();
+    let url = format!("{url}?q=1");
+    let call = |req: ureq::RequestBuilder<ureq::typestate::WithoutBody>| {
+        req.call().unwrap().body_mut().read_to_string().unwrap();
+        rx.recv_timeout(Duration::from_secs(5)).unwrap()
+    };
+    let by_ureq = call(a.get(&url));
+    let by_endpoint = call(Endpoint::new(url.clone()).get(&a));
+    assert_eq!(by_ureq.len(), 1, "{by_ureq:?}");
+    assert_eq!(by_endpoint, by_ureq);
 }

@@ -1,10 +1,14 @@
 //! The outbound HTTP clients (ureq agents): pooled keep-alive connections,
 //! rustls with ring, trust, client certificate and proxy from `agent::edge`.
 
+use std::cell::RefCell;
 use std::io::Read;
 use std::time::Duration;
 
+use http::header::HOST;
+use http::{HeaderValue, Uri};
 use ureq::tls::TlsConfig;
+use ureq::typestate::{WithBody, WithoutBody};
 use ureq::unversioned::transport::{ConnectProxyConnector, Connector, RustlsConnector};
 
 use super::edge::{ChannelEdge, Clients};
@@ -95,14 +99,151 @@ pub fn agents_per_target(
 /// Bodies up to this size are read to the end to keep the connection.
 const MAX_DRAIN: u64 = 64 * 1024;
 
+thread_local! {
+    /// Where drained bytes go: zeroed once per thread, not per response.
+    static SINK: RefCell<[u8; 4096]> = const { RefCell::new([0; 4096]) };
+}
+
 /// Reads a small body to the end so the connection can go back to the pool;
 /// a bigger one is left unread (ureq then closes the connection).
 pub fn drain(resp: &mut ureq::http::Response<ureq::Body>) {
-    let mut sink = [0u8; 4096];
     let mut reader = resp.body_mut().as_reader().take(MAX_DRAIN);
-    while let Ok(n) = reader.read(&mut sink) {
-        if n == 0 {
-            break;
+    SINK.with(|sink| {
+        let mut small = [0u8; 256];
+        // Borrowed only here; a nested drain (there is none) would use `small`.
+        let mut held = sink.try_borrow_mut();
+        let buf: &mut [u8] = match held.as_deref_mut() {
+            Ok(b) => b,
+            Err(_) => &mut small,
+        };
+        while let Ok(n) = reader.read(buf) {
+            if n == 0 {
+                break;
+            }
         }
+    });
+}
+
+/// A request URL parsed once, with the `Host` header ureq would otherwise
+/// derive from it on every request (a `format!` and a header value each
+/// time): the host, and `:port` when it is not the scheme's default.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    url: String,
+    /// `None` when the URL does not parse: it then goes to ureq as text and
+    /// ureq reports the error on each request, as without this.
+    /// Boxed: a target holding an endpoint stays small.
+    parsed: Option<Box<(Uri, HeaderValue)>>,
+}
+
+impl Endpoint {
+    pub fn new(url: String) -> Endpoint {
+        let parsed = Uri::try_from(url.as_str())
+            .ok()
+            .and_then(|uri| host_header(&uri).map(|host| Box::new((uri, host))));
+        Endpoint { url, parsed }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn get(&self, agent: &ureq::Agent) -> ureq::RequestBuilder<WithoutBody> {
+        match self.parsed.as_deref() {
+            Some((uri, host)) => with_host(agent.get(uri.clone()), host),
+            None => agent.get(&self.url),
+        }
+    }
+
+    pub fn post(&self, agent: &ureq::Agent) -> ureq::RequestBuilder<WithBody> {
+        match self.parsed.as_deref() {
+            Some((uri, host)) => with_host(agent.post(uri.clone()), host),
+            None => agent.post(&self.url),
+        }
+    }
+
+    pub fn delete(&self, agent: &ureq::Agent) -> ureq::RequestBuilder<WithoutBody> {
+        match self.parsed.as_deref() {
+            Some((uri, host)) => with_host(agent.delete(uri.clone()), host),
+            None => agent.delete(&self.url),
+        }
+    }
+}
+
+/// Headers a request has room for before its map grows (and rehashes): a
+/// control-plane request's (Host, Authorization, the fixed ones,
+/// Content-Type, the shard token) or a forwarded MCP request's usual set.
+const HEADER_ROOM: usize = 12;
+
+fn with_host<B>(mut req: ureq::RequestBuilder<B>, host: &HeaderValue) -> ureq::RequestBuilder<B> {
+    if let Some(headers) = req.headers_mut() {
+        let _ = headers.try_reserve(HEADER_ROOM);
+        let _ = headers.try_append(HOST, host.clone());
+    }
+    req
+}
+
+/// The `Host` value for `uri` as ureq-proto writes it (`maybe_with_port`):
+/// `None` without a host (ureq then refuses the URL itself).
+fn host_header(uri: &Uri) -> Option<HeaderValue> {
+    let host = uri.host()?;
+    let default_port = match uri.scheme_str() {
+        Some("https") => Some(443),
+        Some("http") | None => Some(80),
+        Some(_) => None,
+    };
+    let value = match uri.port_u16() {
+        Some(port) if default_port.is_some_and(|d| d != port) => {
+            HeaderValue::try_from(format!("{host}:{port}"))
+        }
+        _ => HeaderValue::from_str(host),
+    };
+    value.ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(url: &str) -> Option<String> {
+        Endpoint::new(url.into())
+            .parsed
+            .map(|p| p.1.to_str().unwrap().to_string())
+    }
+
+    #[test]
+    fn host_carries_the_port_only_when_not_the_default() {
+        assert_eq!(
+            host("http://127.0.0.1:8080/x").as_deref(),
+            Some("127.0.0.1:8080")
+        );
+        assert_eq!(
+            host("http://relay.test/v1?a=b").as_deref(),
+            Some("relay.test")
+        );
+        assert_eq!(
+            host("http://relay.test:80/v1").as_deref(),
+            Some("relay.test")
+        );
+        assert_eq!(
+            host("https://relay.test:443/").as_deref(),
+            Some("relay.test")
+        );
+        assert_eq!(
+            host("https://relay.test:80/").as_deref(),
+            Some("relay.test:80")
+        );
+        assert_eq!(host("http://[::1]:9/mcp").as_deref(), Some("[::1]:9"));
+        assert_eq!(
+            host("http://user:pw@relay.test:81/").as_deref(),
+            Some("relay.test:81")
+        );
+    }
+
+    #[test]
+    fn an_unparsable_url_is_left_to_ureq() {
+        let e = Endpoint::new("not a url".into());
+        assert!(e.parsed.is_none());
+        assert_eq!(e.url(), "not a url");
     }
 }

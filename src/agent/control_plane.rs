@@ -6,7 +6,7 @@ use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use super::client::drain;
+use super::client::{drain, Endpoint};
 use super::config::AgentConfig;
 use super::metrics::AgentMetrics;
 use super::secret::{Secret, SecretSource};
@@ -18,6 +18,8 @@ use crate::proto::retry::{classify_poll, parse_retry_after, PollOutcome};
 pub const CLIENT_NAME: &str = "mcp-tunnel";
 pub const CLIENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// The most commands one poll asks for.
+pub const MAX_POLL_LIMIT: usize = 25;
 /// The reference client's guard on top of the requested poll wait.
 pub const POLL_GUARD: Duration = Duration::from_secs(5);
 /// Startup metadata and small requests.
@@ -28,14 +30,50 @@ pub const MAX_ERROR_BODY: u64 = 64 * 1024;
 /// The runtime key and where it came from.
 pub struct KeyStore {
     source: SecretSource,
-    current: Mutex<Secret>,
+    current: Mutex<Key>,
+}
+
+/// A key and its `Authorization` value, built when the key is set rather
+/// than on every request.
+struct Key {
+    secret: Secret,
+    bearer: Bearer,
+}
+
+/// What a control-plane request carries as `Authorization`.
+#[derive(Clone)]
+pub enum Bearer {
+    /// No key configured (admitted by client certificate): no header.
+    None,
+    /// `Bearer {key}`, marked sensitive (Debug prints no value).
+    Value(http::HeaderValue),
+    /// A key that makes no valid header value: sent as text, so ureq
+    /// refuses each request with its error, as it always did.
+    Invalid(Secret),
+}
+
+impl Key {
+    fn new(secret: Secret) -> Key {
+        let bearer = if secret.expose().is_empty() {
+            Bearer::None
+        } else {
+            match http::HeaderValue::try_from(format!("Bearer {}", secret.expose())) {
+                Ok(mut v) => {
+                    v.set_sensitive(true);
+                    Bearer::Value(v)
+                }
+                Err(_) => Bearer::Invalid(secret.clone()),
+            }
+        };
+        Key { secret, bearer }
+    }
 }
 
 impl KeyStore {
     pub fn new(source: SecretSource, initial: Secret) -> KeyStore {
         KeyStore {
             source,
-            current: Mutex::new(initial),
+            current: Mutex::new(Key::new(initial)),
         }
     }
 
@@ -43,6 +81,16 @@ impl KeyStore {
         self.current
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .secret
+            .clone()
+    }
+
+    /// The `Authorization` of the current key (a clone shares its bytes).
+    pub fn bearer(&self) -> Bearer {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .bearer
             .clone()
     }
 
@@ -56,11 +104,11 @@ impl KeyStore {
         match self.source.resolve(&env) {
             Ok(fresh) => {
                 let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
-                if *cur == fresh {
+                if cur.secret == fresh {
                     false
                 } else {
                     log::info!("control plane key file changed; using the new key");
-                    *cur = fresh;
+                    *cur = Key::new(fresh);
                     true
                 }
             }
@@ -75,10 +123,11 @@ impl KeyStore {
 pub struct ControlPlane {
     pub(crate) agent: ureq::Agent,
     /// `{base}{path}/v1/tunnels/{id}`
-    tunnel_url: String,
-    /// `{tunnel_url}/poll` and `{tunnel_url}/response`, built once.
-    poll_url: String,
-    pub(crate) response_url: String,
+    tunnel: Endpoint,
+    /// `{tunnel_url}/poll?limit={n}{poll_query}` for `n` in 1..=[`MAX_POLL_LIMIT`]
+    /// (index `n - 1`) and `{tunnel_url}/response`, built and parsed once.
+    polls: Vec<Endpoint>,
+    pub(crate) response: Endpoint,
     /// The fixed headers of every request, parsed once (`None`: one of them
     /// is not a valid header value, and ureq reports it per request as before).
     fixed_headers: Option<Vec<(http::HeaderName, http::HeaderValue)>>,
@@ -86,9 +135,6 @@ pub struct ControlPlane {
     instance_id: String,
     server_info: String,
     organization: Option<String>,
-    /// The poll query after `limit`: `&timeout_ms=…` and a `&channel=…` per
-    /// explicit channel (names are `[a-z0-9_-]`: nothing to escape).
-    poll_query: String,
     poll_timeout: Duration,
     poll_buf: Mutex<Vec<u8>>,
     poll_limits: PollLimits,
@@ -245,24 +291,28 @@ impl ControlPlane {
         );
         let fixed_headers =
             fixed_headers(&instance_id, &server_info, cfg.organization_id.as_deref());
+        // The query after `limit`: `&timeout_ms=…` and a `&channel=…` per
+        // explicit channel (names are `[a-z0-9_-]`: nothing to escape).
+        let query = poll_query(
+            cfg.poll_timeout,
+            if cfg.explicit_channels {
+                &cfg.channels
+            } else {
+                &[]
+            },
+        );
         ControlPlane {
             agent,
-            poll_url: format!("{tunnel_url}/poll"),
-            response_url: format!("{tunnel_url}/response"),
-            tunnel_url,
+            polls: (1..=MAX_POLL_LIMIT)
+                .map(|n| Endpoint::new(format!("{tunnel_url}/poll?limit={n}{query}")))
+                .collect(),
+            response: Endpoint::new(format!("{tunnel_url}/response")),
+            tunnel: Endpoint::new(tunnel_url),
             fixed_headers,
             key: KeyStore::new(cfg.api_key_source.clone(), cfg.api_key.clone()),
             instance_id,
             server_info,
             organization: cfg.organization_id.clone(),
-            poll_query: poll_query(
-                cfg.poll_timeout,
-                if cfg.explicit_channels {
-                    &cfg.channels
-                } else {
-                    &[]
-                },
-            ),
             poll_timeout: cfg.poll_timeout,
             poll_buf: Mutex::new(Vec::new()),
             poll_limits: PollLimits::default(),
@@ -277,26 +327,41 @@ impl ControlPlane {
     }
 
     pub fn tunnel_url(&self) -> &str {
-        &self.tunnel_url
+        self.tunnel.url()
     }
 
     /// The headers every control-plane request carries.
-    pub(crate) fn with_headers<B>(&self, req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
-        let key = self.key.current();
-        // No key configured (admitted by client certificate): no Authorization.
-        let mut req = if key.expose().is_empty() {
-            req
-        } else {
-            req.header("Authorization", format!("Bearer {}", key.expose()))
+    pub(crate) fn with_headers<B>(
+        &self,
+        mut req: ureq::RequestBuilder<B>,
+    ) -> ureq::RequestBuilder<B> {
+        let bearer = self.key.bearer();
+        if let (Some(fixed), Some(headers)) = (&self.fixed_headers, req.headers_mut()) {
+            if !matches!(bearer, Bearer::Invalid(_)) {
+                // Straight into the map: clones of parsed values share their
+                // bytes, and the builder is not moved once per header.
+                if let Bearer::Value(v) = bearer {
+                    let _ = headers.try_append(http::header::AUTHORIZATION, v);
+                }
+                for (name, value) in fixed {
+                    let _ = headers.try_append(name.clone(), value.clone());
+                }
+                return req;
+            }
+        }
+        // A value that did not parse (or a builder already failed): through
+        // ureq's builder, which refuses the request with its error.
+        let mut req = match bearer {
+            Bearer::None => req,
+            Bearer::Value(v) => req.header(http::header::AUTHORIZATION, v),
+            Bearer::Invalid(key) => req.header("Authorization", format!("Bearer {}", key.expose())),
         };
         if let Some(fixed) = &self.fixed_headers {
-            // Clones of parsed values share their bytes: no parsing or copy per request.
             for (name, value) in fixed {
                 req = req.header(name.clone(), value.clone());
             }
             return req;
         }
-        // A value that did not parse: ureq refuses the request with its error.
         let pairs = header_pairs(
             &self.instance_id,
             &self.server_info,
@@ -312,7 +377,7 @@ impl ControlPlane {
     /// logged and left to the poll loop's retries.
     pub fn metadata(&self) -> Result<(), StartupError> {
         let req = self
-            .with_headers(self.agent.get(&self.tunnel_url))
+            .with_headers(self.tunnel.get(&self.agent))
             .config()
             .timeout_global(Some(SHORT_TIMEOUT))
             .build();
@@ -350,7 +415,7 @@ impl ControlPlane {
 
     fn metadata_once_more(&self) -> Result<(), StartupError> {
         let req = self
-            .with_headers(self.agent.get(&self.tunnel_url))
+            .with_headers(self.tunnel.get(&self.agent))
             .config()
             .timeout_global(Some(SHORT_TIMEOUT))
             .build();
@@ -369,16 +434,19 @@ impl ControlPlane {
     }
 
     fn tunnel_id(&self) -> &str {
-        self.tunnel_url.rsplit('/').next().unwrap_or("")
+        self.tunnel.url().rsplit('/').next().unwrap_or("")
     }
 
     /// One long poll (blocking; runs on the poll thread).
     pub fn poll(&self, limit: usize) -> PollResult {
-        let limit = limit.clamp(1, 25);
-        // The whole URL at once: ureq's query builder encodes and re-parses per call.
-        let url = format!("{}?limit={limit}{}", self.poll_url, self.poll_query);
+        let limit = limit.clamp(1, MAX_POLL_LIMIT);
+        // The whole URL, parsed at startup: ureq's query builder encodes and
+        // re-parses per call.
+        let Some(endpoint) = self.polls.get(limit - 1) else {
+            return PollResult::Idle;
+        };
         let req = self
-            .with_headers(self.agent.get(&url))
+            .with_headers(endpoint.get(&self.agent))
             .config()
             .timeout_global(Some(self.poll_timeout + POLL_GUARD))
             .build();
@@ -526,6 +594,10 @@ mod tests {
         std::fs::write(&path, "sk-new\n").unwrap();
         assert!(store.reload());
         assert_eq!(store.current().expose(), "sk-new");
+        let Bearer::Value(v) = store.bearer() else {
+            panic!("a key makes a header value")
+        };
+        assert_eq!(v.to_str().unwrap(), "Bearer sk-new");
         std::fs::remove_file(&path).unwrap();
         assert!(!store.reload(), "an unreadable file keeps the current key");
         assert_eq!(store.current().expose(), "sk-new");
@@ -533,6 +605,23 @@ mod tests {
 
         let literal = KeyStore::new(SecretSource::parse("sk-lit"), Secret::new("sk-lit".into()));
         assert!(!literal.reload());
+    }
+
+    #[test]
+    fn the_bearer_is_built_once_and_hidden_from_debug() {
+        let literal = |k: &str| {
+            let secret = Secret::new(k.into());
+            KeyStore::new(SecretSource::Literal(secret.clone()), secret)
+        };
+        assert!(matches!(literal("").bearer(), Bearer::None));
+        let Bearer::Value(v) = literal("sk-1").bearer() else {
+            panic!("a key makes a header value")
+        };
+        assert_eq!(v.to_str().unwrap(), "Bearer sk-1");
+        assert!(v.is_sensitive());
+        assert!(!format!("{v:?}").contains("sk-1"));
+        // Not a header value: left as text for ureq to refuse per request.
+        assert!(matches!(literal("sk\n1").bearer(), Bearer::Invalid(_)));
     }
 
     #[test]

@@ -3,6 +3,9 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
+use http::header::CONTENT_TYPE;
+use http::{HeaderName, HeaderValue};
+
 use super::client::drain;
 use super::control_plane::{read_error_code, ControlPlane};
 use super::metrics::RetryKind;
@@ -18,6 +21,8 @@ use crate::proto::timeout::Deadline;
 pub const MAX_ATTEMPTS: u32 = 4;
 /// Per-attempt cap when the command has no deadline.
 pub const POST_TIMEOUT: Duration = Duration::from_secs(30);
+const SHARD_TOKEN: HeaderName = HeaderName::from_static("x-tunnel-shard-token");
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 
@@ -54,13 +59,21 @@ impl ControlPlane {
                 None => POST_TIMEOUT,
             };
             attempts += 1;
-            let req = self
-                .with_headers(self.agent.post(&self.response_url))
-                .header("Content-Type", "application/json")
-                .header("X-Tunnel-Shard-Token", shard.as_str())
-                .config()
-                .timeout_global(Some(timeout))
-                .build();
+            let mut req = self.with_headers(self.response.post(&self.agent));
+            match (req.headers_mut(), HeaderValue::from_str(shard.as_str())) {
+                (Some(headers), Ok(token)) => {
+                    let _ = headers.try_append(CONTENT_TYPE, JSON);
+                    let _ = headers.try_append(SHARD_TOKEN, token);
+                }
+                // Not a header value (or the builder already failed): ureq's
+                // builder reports it, as it always did.
+                _ => {
+                    req = req
+                        .header(CONTENT_TYPE, JSON)
+                        .header(SHARD_TOKEN, shard.as_str())
+                }
+            }
+            let req = req.config().timeout_global(Some(timeout)).build();
             let mut retry_after = None;
             let attempt = match req.send(body) {
                 Ok(mut resp) => {

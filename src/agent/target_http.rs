@@ -4,6 +4,7 @@ use std::io::{ErrorKind, Read};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::client::Endpoint;
 use super::readiness::Readiness;
 use super::target::{
     Budget, Expect, NotifyVerdict, Outcome, RespHeaders, TargetBuffers, MAX_RESPONSE_BYTES,
@@ -20,7 +21,7 @@ const PROBE_BODY: &[u8] = br#"{"jsonrpc":"2.0","id":"mcp-tunnel-readiness-probe"
 
 pub struct HttpTarget {
     agent: ureq::Agent,
-    url: String,
+    url: Endpoint,
     static_headers: Vec<Header>,
     readiness: Arc<Readiness>,
     /// The channel whose readiness this target reports.
@@ -60,7 +61,7 @@ impl HttpTarget {
         readiness.register(&channel);
         HttpTarget {
             agent,
-            url,
+            url: Endpoint::new(url),
             static_headers,
             readiness,
             channel,
@@ -91,7 +92,13 @@ impl HttpTarget {
                 log::debug!("dropping a header that is not valid HTTP");
                 continue;
             };
-            req = req.header(name, value);
+            // Straight into the map: the builder is not moved once per header.
+            match req.headers_mut() {
+                Some(map) => {
+                    let _ = map.try_append(name, value);
+                }
+                None => req = req.header(name, value),
+            }
         }
         req.config().timeout_global(Some(timeout)).build()
     }
@@ -120,7 +127,7 @@ impl HttpTarget {
             log::warn!("command headers refused: {e}");
             return Outcome::Failure(fail(S::ClientInternal, K::Unknown));
         }
-        let req = self.request(self.agent.post(&self.url), &headers, timeout);
+        let req = self.request(self.url.post(&self.agent), &headers, timeout);
         let mut resp = match req.send(body) {
             Ok(r) => r,
             Err(e) => return self.error_outcome(&e, Phase::Request, budget),
@@ -269,7 +276,7 @@ impl HttpTarget {
             return Outcome::Failure(fail(S::ClientInternal, K::Unknown));
         }
         headers.retain(|(n, _)| !n.eq_ignore_ascii_case("content-type"));
-        let req = self.request(self.agent.delete(&self.url), &headers, timeout);
+        let req = self.request(self.url.delete(&self.agent), &headers, timeout);
         match req.call() {
             Ok(mut resp) => {
                 self.set_ready(true);
@@ -292,7 +299,7 @@ impl HttpTarget {
             .collect();
         headers.push(("Content-Type", "application/json"));
         headers.push(("Accept", "application/json, text/event-stream"));
-        let req = self.request(self.agent.post(&self.url), &headers, timeout);
+        let req = self.request(self.url.post(&self.agent), &headers, timeout);
         match req.send(PROBE_BODY) {
             Ok(mut resp) => {
                 let status = resp.status().as_u16();

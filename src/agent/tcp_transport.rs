@@ -14,9 +14,17 @@
 //!   connection is taken: ureq also asks when it puts a connection back right
 //!   after reading a response, where the answer is "open" (whatever arrives
 //!   while it waits in the pool, bytes or an EOF, the check on taking sees);
+//! - what ureq transmits is held ([`Outgoing`]) until it waits for input, or
+//!   until less than half the output buffer is left: a request's head and
+//!   body (and a proxy CONNECT, which ureq writes piece by piece) go out in one
+//!   `send`, one TCP segment, where they fit. Nothing waits for input with
+//!   bytes unsent: the only wait is [`Transport::await_input`], which sends
+//!   them first. A TLS connection sits above this transport, so the records
+//!   of one request coalesce the same way;
 //! - writes are `send(MSG_DONTWAIT)`, which for a request that fits the socket
 //!   buffer (all of ours but big bodies) is the only syscall; only if the
-//!   kernel buffer is full does it wait with `poll(2)` against the deadline;
+//!   kernel buffer is full does it wait with `poll(2)` against the deadline
+//!   of the earliest transmit it holds;
 //! - reads block with a `SO_RCVTIMEO` that is changed only when it would fire
 //!   after the deadline, or far before it ([`read_timeout_change`]). A read
 //!   woken before the deadline arms the exact rest and reads again, so a
@@ -58,13 +66,11 @@ impl<In: Transport> Connector<In> for TcpConnector {
         if config.no_delay() {
             stream.set_nodelay(true)?;
         }
-        let buffers = LazyBuffers::new(config.input_buffer_size(), config.output_buffer_size());
-        let transport = TcpTransport {
-            stream: Arc::new(stream),
-            buffers,
-            read_timeout: None,
-            just_read: false,
-        };
+        let transport = TcpTransport::new(
+            stream,
+            config.input_buffer_size(),
+            config.output_buffer_size(),
+        );
         (details.register_shutdown)(transport.shutdown_handle())?;
         Ok(Some(Either::B(transport)))
     }
@@ -145,10 +151,124 @@ fn connect(addrs: &[SocketAddr], timeout: NextTimeout) -> Result<TcpStream, Erro
     }))
 }
 
+/// Output ureq has transmitted that is not sent yet: it goes out with the
+/// rest of the request, in one `send`, when ureq waits for the answer.
+///
+/// ureq writes from the start of [`Buffers::output`] each time; here that is
+/// the free part after what is held. Sent at the latest when less than half
+/// the buffer is free, so ureq always gets room for a body chunk and for the
+/// longest head line it could write at the start (ureq-proto refuses a line
+/// that does not fit). A request's head always starts at an empty buffer:
+/// the request before it on the connection ended waiting for its answer.
+#[derive(Debug)]
+pub struct Outgoing {
+    /// Allocated at the first write (a pooled connection keeps it).
+    buf: Vec<u8>,
+    size: usize,
+    held: usize,
+    /// The earliest deadline (and its reason) of the transmits held.
+    deadline: Option<Instant>,
+    reason: Timeout,
+}
+
+impl Outgoing {
+    pub fn new(size: usize) -> Outgoing {
+        Outgoing {
+            buf: Vec::new(),
+            size: size.max(1),
+            held: 0,
+            deadline: None,
+            reason: Timeout::Global,
+        }
+    }
+
+    /// Where ureq writes next: after what is held.
+    pub fn free(&mut self) -> &mut [u8] {
+        if self.buf.len() < self.size {
+            self.buf.resize(self.size, 0);
+        }
+        self.buf.get_mut(self.held..).unwrap_or_default()
+    }
+
+    /// Holds the `amount` bytes just written to [`Outgoing::free`], due by
+    /// `deadline`. True when they must go now: the rest is too small for the
+    /// next write.
+    pub fn hold(&mut self, amount: usize, deadline: Option<Instant>, reason: Timeout) -> bool {
+        if amount == 0 {
+            return false;
+        }
+        if self.held == 0 || earlier(deadline, self.deadline) {
+            self.deadline = deadline;
+            self.reason = reason;
+        }
+        let size = self.buf.len();
+        self.held = (self.held + amount).min(size);
+        size - self.held < size.div_ceil(2)
+    }
+
+    /// The bytes held, oldest first.
+    pub fn pending(&self) -> &[u8] {
+        self.buf.get(..self.held).unwrap_or_default()
+    }
+
+    /// Forgets what is held (sent, or the connection failed).
+    pub fn clear(&mut self) {
+        self.held = 0;
+    }
+}
+
+/// Whether deadline `a` comes before `b` (no deadline is never).
+fn earlier(a: Option<Instant>, b: Option<Instant>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a < b,
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
+}
+
+/// ureq's buffers for input; ours for output ([`Outgoing`]).
+#[derive(Debug)]
+struct TcpBuffers {
+    /// Its output part is never used: it is created with one byte of it.
+    input: LazyBuffers,
+    output: Outgoing,
+}
+
+impl Buffers for TcpBuffers {
+    fn output(&mut self) -> &mut [u8] {
+        self.output.free()
+    }
+
+    fn input(&self) -> &[u8] {
+        self.input.input()
+    }
+
+    fn input_append_buf(&mut self) -> &mut [u8] {
+        self.input.input_append_buf()
+    }
+
+    fn input_appended(&mut self, amount: usize) {
+        self.input.input_appended(amount);
+    }
+
+    fn input_consume(&mut self, amount: usize) {
+        self.input.input_consume(amount);
+    }
+
+    fn tmp_and_output(&mut self) -> (&mut [u8], &mut [u8]) {
+        let (tmp, _) = self.input.tmp_and_output();
+        (tmp, self.output.free())
+    }
+
+    fn can_use_input(&self) -> bool {
+        self.input.can_use_input()
+    }
+}
+
 pub struct TcpTransport {
     /// Shared (weakly) with the shutdown handle, which can end a blocked read.
     stream: Arc<TcpStream>,
-    buffers: LazyBuffers,
+    buffers: TcpBuffers,
     /// The socket's `SO_RCVTIMEO` now (`None`: reads block without limit).
     read_timeout: Option<Duration>,
     /// A read returned bytes since ureq last asked [`Transport::is_open`]:
@@ -165,6 +285,32 @@ impl std::fmt::Debug for TcpTransport {
 }
 
 impl TcpTransport {
+    /// A transport over a connected stream, with ureq's buffer sizes.
+    pub fn new(stream: TcpStream, input_size: usize, output_size: usize) -> TcpTransport {
+        TcpTransport {
+            stream: Arc::new(stream),
+            buffers: TcpBuffers {
+                input: LazyBuffers::new(input_size.max(1), 1),
+                output: Outgoing::new(output_size),
+            },
+            read_timeout: None,
+            just_read: false,
+        }
+    }
+
+    /// Sends what is held, by its own deadline or `by` if earlier.
+    fn flush(&mut self, by: Option<Instant>, reason: Timeout) -> Result<(), Error> {
+        let out = &self.buffers.output;
+        let (deadline, reason) = if earlier(out.deadline, by) {
+            (out.deadline, out.reason)
+        } else {
+            (by, reason)
+        };
+        let result = send_all(&self.stream, out.pending(), deadline, reason);
+        self.buffers.output.clear();
+        result
+    }
+
     fn shutdown_handle(&self) -> Weak<dyn ShutdownHandle> {
         // ureq implements the handle for TcpStream (shutdown of both directions).
         Arc::downgrade(&self.stream) as Weak<dyn ShutdownHandle>
@@ -240,6 +386,25 @@ fn wait_writable(
     }
 }
 
+/// Sends all of `out`, waiting for room in the socket buffer until `deadline`.
+fn send_all(
+    stream: &TcpStream,
+    mut out: &[u8],
+    deadline: Option<Instant>,
+    reason: Timeout,
+) -> Result<(), Error> {
+    while !out.is_empty() {
+        match rustix::net::send(stream, out, SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
+            Ok(0) => return Err(Error::Io(io::ErrorKind::WriteZero.into())),
+            Ok(n) => out = out.get(n..).unwrap_or_default(),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::AGAIN) => wait_writable(stream, deadline, reason)?,
+            Err(e) => return Err(Error::Io(e.into())),
+        }
+    }
+    Ok(())
+}
+
 impl Transport for TcpTransport {
     fn buffers(&mut self) -> &mut dyn Buffers {
         &mut self.buffers
@@ -248,21 +413,17 @@ impl Transport for TcpTransport {
     fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), Error> {
         let timeout = timeout.for_write();
         let deadline = deadline_of(timeout)?;
-        let stream = &*self.stream;
-        let mut out = &self.buffers.output()[..amount];
-        while !out.is_empty() {
-            match rustix::net::send(stream, out, SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
-                Ok(0) => return Err(Error::Io(io::ErrorKind::WriteZero.into())),
-                Ok(n) => out = out.get(n..).unwrap_or_default(),
-                Err(rustix::io::Errno::INTR) => {}
-                Err(rustix::io::Errno::AGAIN) => wait_writable(stream, deadline, timeout.reason)?,
-                Err(e) => return Err(Error::Io(e.into())),
-            }
+        if self.buffers.output.hold(amount, deadline, timeout.reason) {
+            self.flush(deadline, timeout.reason)?;
         }
         Ok(())
     }
 
     fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, Error> {
+        if !self.buffers.output.pending().is_empty() {
+            let write = timeout.for_write();
+            self.flush(deadline_of(write)?, write.reason)?;
+        }
         let timeout = timeout.for_read();
         let deadline = deadline_of(timeout)?;
         let mut exact = false;
@@ -406,5 +567,114 @@ mod tests {
             ..NextTimeout::default()
         };
         assert!(matches!(deadline_of(zero), Err(Error::Timeout(_))));
+    }
+
+    fn write(out: &mut Outgoing, bytes: &[u8]) -> usize {
+        let free = out.free();
+        let n = bytes.len().min(free.len());
+        free[..n].copy_from_slice(&bytes[..n]);
+        n
+    }
+
+    #[test]
+    fn a_head_and_body_that_fit_are_held_together() {
+        let mut out = Outgoing::new(1024);
+        let n = write(&mut out, b"POST / HTTP/1.1\r\n\r\n");
+        assert!(!out.hold(n, None, Timeout::SendRequest));
+        // ureq writes the body at the start of what it is given: after the head.
+        let n = write(&mut out, b"{}");
+        assert!(!out.hold(n, None, Timeout::SendBody));
+        assert_eq!(out.pending(), b"POST / HTTP/1.1\r\n\r\n{}");
+        assert_eq!(out.free().len(), 1024 - 21);
+        out.clear();
+        assert!(out.pending().is_empty());
+        assert_eq!(out.free().len(), 1024);
+    }
+
+    #[test]
+    fn held_output_goes_before_less_than_half_the_buffer_is_left() {
+        let mut out = Outgoing::new(1024);
+        let n = write(&mut out, &[b'h'; 500]);
+        assert!(!out.hold(n, None, Timeout::SendRequest));
+        let n = write(&mut out, &[b'b'; 20]);
+        assert!(
+            out.hold(n, None, Timeout::SendBody),
+            "512 free is too little"
+        );
+        // A body larger than the buffer: each full buffer goes at once.
+        out.clear();
+        let n = write(&mut out, &[b'b'; 4096]);
+        assert_eq!(n, 1024);
+        assert!(out.hold(n, None, Timeout::SendBody));
+        // Even a one-byte buffer makes progress.
+        let mut tiny = Outgoing::new(1);
+        assert_eq!(write(&mut tiny, b"ab"), 1);
+        assert!(tiny.hold(1, None, Timeout::SendBody));
+        assert!(!tiny.hold(0, None, Timeout::SendBody));
+    }
+
+    #[test]
+    fn held_output_keeps_the_earliest_deadline() {
+        let now = Instant::now();
+        let mut out = Outgoing::new(1024);
+        let n = write(&mut out, b"head");
+        out.hold(n, None, Timeout::SendRequest);
+        let n = write(&mut out, b"body");
+        out.hold(n, Some(now + S(5)), Timeout::SendBody);
+        let n = write(&mut out, b"more");
+        out.hold(n, Some(now + S(9)), Timeout::Global);
+        assert_eq!(
+            (out.deadline, out.reason),
+            (Some(now + S(5)), Timeout::SendBody)
+        );
+        // A new request starts from its own deadline.
+        out.clear();
+        let n = write(&mut out, b"next");
+        out.hold(n, Some(now + S(30)), Timeout::Global);
+        assert_eq!(out.deadline, Some(now + S(30)));
+    }
+
+    #[test]
+    fn transmitted_output_is_sent_in_one_piece_when_input_is_awaited() {
+        use std::io::Write;
+        use std::net::TcpListener;
+
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let mut t = TcpTransport::new(client, 1024, 1024);
+        let timeout = NextTimeout {
+            after: UreqDuration::Exact(S(10)),
+            ..NextTimeout::default()
+        };
+        for part in [
+            &b"POST / HTTP/1.1\r\n"[..],
+            b"Content-Length: 2\r\n\r\n",
+            b"{}",
+        ] {
+            let out = t.buffers().output();
+            out[..part.len()].copy_from_slice(part);
+            t.transmit_output(part.len(), timeout).unwrap();
+        }
+        server.set_nonblocking(true).unwrap();
+        let mut got = [0u8; 256];
+        let nothing = (&server).read(&mut got).unwrap_err();
+        assert_eq!(nothing.kind(), io::ErrorKind::WouldBlock);
+
+        let expect = b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}";
+        let answer = std::thread::spawn(move || {
+            server.set_nonblocking(false).unwrap();
+            let n = (&server).read(&mut got).unwrap();
+            let first = got[..n].to_vec();
+            (&server)
+                .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                .unwrap();
+            first
+        });
+        // Sends first, then waits: without the send the server would never answer.
+        assert!(t.await_input(timeout).unwrap());
+        assert!(t.buffers().input().starts_with(b"HTTP/1.1 204"));
+        assert_eq!(answer.join().unwrap(), expect);
+        assert!(t.buffers.output.pending().is_empty());
     }
 }
