@@ -518,32 +518,44 @@ fn digit_error(bytes: &[u8], i: usize) -> JsonError {
 
 /// Scan a string literal starting at the opening quote at `i`; returns the
 /// index just past the closing quote.
+///
+/// One pass: runs of plain ASCII are skipped a word at a time, and only the
+/// non-ASCII bytes are checked for UTF-8 (one sequence at a time, no second
+/// pass). A bad sequence is remembered rather than reported at once, so the
+/// error is the one a structural scan followed by a UTF-8 check of the run
+/// would give: a raw control character or the end of input still wins.
+#[inline]
 pub(crate) fn scan_string(bytes: &[u8], i: usize, utf8: bool) -> Result<usize, JsonError> {
     match bytes.get(i) {
         Some(b'"') => {}
         None => return Err(JsonError::Truncated),
         Some(_) => return Err(JsonError::NotAString),
     }
-    let mut j = i + 1;
-    let mut run_start = j;
+    let mut j = skip_plain(bytes, i + 1);
+    if bytes.get(j) == Some(&b'"') {
+        return Ok(j + 1);
+    }
+    scan_string_rest(bytes, j, utf8)
+}
+
+/// The rest of [`scan_string`] once a run of plain ASCII has ended on
+/// something other than the closing quote.
+fn scan_string_rest(bytes: &[u8], mut j: usize, utf8: bool) -> Result<usize, JsonError> {
+    // First byte of an invalid UTF-8 sequence in the current run, if any.
+    let mut bad_utf8: Option<usize> = None;
     loop {
-        j = skip_plain(bytes, j);
         let Some(&b) = bytes.get(j) else {
             return Err(JsonError::Truncated);
         };
         match b {
-            b'"' => {
-                if utf8 {
-                    check_utf8(bytes, run_start, j)?;
+            b'"' | b'\\' => {
+                if let Some(offset) = bad_utf8 {
+                    return Err(JsonError::InvalidUtf8 { offset });
                 }
-                return Ok(j + 1);
-            }
-            b'\\' => {
-                if utf8 {
-                    check_utf8(bytes, run_start, j)?;
+                if b == b'"' {
+                    return Ok(j + 1);
                 }
                 j = scan_escape(bytes, j)?;
-                run_start = j;
             }
             0x00..=0x1f => {
                 return Err(JsonError::Syntax {
@@ -551,52 +563,81 @@ pub(crate) fn scan_string(bytes: &[u8], i: usize, utf8: bool) -> Result<usize, J
                     what: "no raw control characters in strings",
                 })
             }
+            0x80..=0xff if utf8 && bad_utf8.is_none() => match utf8_len(bytes, j) {
+                Some(n) => j += n,
+                None => {
+                    bad_utf8 = Some(j);
+                    j += 1;
+                }
+            },
             _ => j += 1,
         }
+        j = skip_plain(bytes, j);
     }
+}
+
+/// Length of the well-formed UTF-8 sequence (RFC 3629: no overlongs, no
+/// surrogates, nothing past U+10FFFF) starting at the non-ASCII byte `i`.
+fn utf8_len(bytes: &[u8], i: usize) -> Option<usize> {
+    let cont = |k: usize| bytes.get(i + k).is_some_and(|&c| c & 0xc0 == 0x80);
+    let second = bytes.get(i + 1).copied().unwrap_or(0);
+    let (n, second_ok) = match bytes.get(i).copied().unwrap_or(0) {
+        0xc2..=0xdf => (2, (0x80..=0xbf).contains(&second)),
+        0xe0 => (3, (0xa0..=0xbf).contains(&second)),
+        0xe1..=0xec | 0xee..=0xef => (3, (0x80..=0xbf).contains(&second)),
+        0xed => (3, (0x80..=0x9f).contains(&second)),
+        0xf0 => (4, (0x90..=0xbf).contains(&second)),
+        0xf1..=0xf3 => (4, (0x80..=0xbf).contains(&second)),
+        0xf4 => (4, (0x80..=0x8f).contains(&second)),
+        _ => return None,
+    };
+    (second_ok && (2..n).all(cont)).then_some(n)
 }
 
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGHS: u64 = 0x8080_8080_8080_8080;
 
-/// Whether any byte of `w` is below `n` (n <= 128); exact for "any".
-fn any_below(w: u64, n: u8) -> bool {
-    w.wrapping_sub(ONES * u64::from(n)) & !w & HIGHS != 0
+/// High bit set in each byte of `w` that ends a plain run: a quote, a
+/// backslash, a control character or a non-ASCII byte. Exact for the lowest
+/// flagged byte (a borrow only spills upward from a byte that is itself
+/// flagged), which is all [`skip_plain`] uses.
+#[inline]
+fn stop_mask(w: u64) -> u64 {
+    let quote = w ^ (ONES * u64::from(b'"'));
+    let backslash = w ^ (ONES * u64::from(b'\\'));
+    let control = w.wrapping_sub(ONES * 0x20) & !w;
+    let quote = quote.wrapping_sub(ONES) & !quote;
+    let backslash = backslash.wrapping_sub(ONES) & !backslash;
+    (control | quote | backslash | w) & HIGHS
 }
 
-/// Whether any byte of `w` equals `b`.
-fn any_equal(w: u64, b: u8) -> bool {
-    any_below(w ^ (ONES * u64::from(b)), 1)
+/// Whether `b` ends a plain run (see [`stop_mask`]).
+#[inline]
+fn is_stop(b: u8) -> bool {
+    b == b'"' || b == b'\\' || !(0x20..0x80).contains(&b)
 }
 
-/// Index of the first byte at or after `j` that ends a run of plain string
-/// bytes (a quote, a backslash or a control character), or `bytes.len()`.
-/// Plain bytes are the bulk of every string: eight at a time, then one by one.
+/// Index of the first byte at or after `j` that ends a run of plain ASCII
+/// string bytes (see [`stop_mask`]), or `bytes.len()`. Plain bytes are the
+/// bulk of every string: eight at a time, then one by one.
+#[inline]
 fn skip_plain(bytes: &[u8], mut j: usize) -> usize {
     while let Some(chunk) = bytes.get(j..j + 8) {
         let mut word = [0u8; 8];
         word.copy_from_slice(chunk);
-        let w = u64::from_le_bytes(word);
-        if any_below(w, 0x20) || any_equal(w, b'"') || any_equal(w, b'\\') {
-            break;
+        let m = stop_mask(u64::from_le_bytes(word));
+        if m != 0 {
+            return j + (m.trailing_zeros() / 8) as usize;
         }
         j += 8;
     }
     while let Some(&b) = bytes.get(j) {
-        if b == b'"' || b == b'\\' || b < 0x20 {
+        if is_stop(b) {
             break;
         }
         j += 1;
     }
     j
-}
-
-fn check_utf8(bytes: &[u8], from: usize, to: usize) -> Result<(), JsonError> {
-    std::str::from_utf8(&bytes[from..to])
-        .map(|_| ())
-        .map_err(|e| JsonError::InvalidUtf8 {
-            offset: from + e.valid_up_to(),
-        })
 }
 
 /// Scan the escape at `i` (the backslash); returns the index after it.
@@ -1128,7 +1169,7 @@ mod tests {
     #[test]
     fn skip_plain_stops_where_the_byte_loop_would() {
         let slow = |b: &[u8], mut j: usize| {
-            while j < b.len() && !(b[j] == b'"' || b[j] == b'\\' || b[j] < 0x20) {
+            while j < b.len() && !(b[j] == b'"' || b[j] == b'\\' || b[j] < 0x20 || b[j] >= 0x80) {
                 j += 1;
             }
             j
@@ -1140,7 +1181,7 @@ mod tests {
             for at in 0..20 {
                 for start in 0..3 {
                     let mut v = vec![b'a'; 24];
-                    v[17] = 0xc3; // a non-ASCII byte is plain too
+                    v[19] = 0xc3; // non-ASCII ends a plain run too
                     v[at] = stop;
                     assert_eq!(skip_plain(&v, start), slow(&v, start), "{stop:#x} at {at}");
                 }
@@ -1148,6 +1189,135 @@ mod tests {
         }
         assert_eq!(skip_plain(b"", 0), 0);
         assert_eq!(skip_plain(b"abc", 3), 3);
+    }
+
+    /// The string scanner before the one-pass rewrite: structure first, then
+    /// `str::from_utf8` over each run between escapes.
+    fn reference_scan_string(bytes: &[u8], i: usize, utf8: bool) -> Result<usize, JsonError> {
+        match bytes.get(i) {
+            Some(b'"') => {}
+            None => return Err(JsonError::Truncated),
+            Some(_) => return Err(JsonError::NotAString),
+        }
+        let (mut j, mut run) = (i + 1, i + 1);
+        loop {
+            let Some(&b) = bytes.get(j) else {
+                return Err(JsonError::Truncated);
+            };
+            match b {
+                b'"' | b'\\' => {
+                    if utf8 {
+                        std::str::from_utf8(&bytes[run..j]).map_err(|e| {
+                            JsonError::InvalidUtf8 {
+                                offset: run + e.valid_up_to(),
+                            }
+                        })?;
+                    }
+                    if b == b'"' {
+                        return Ok(j + 1);
+                    }
+                    j = scan_escape(bytes, j)?;
+                    run = j;
+                }
+                0x00..=0x1f => {
+                    return Err(JsonError::Syntax {
+                        offset: j,
+                        what: "no raw control characters in strings",
+                    })
+                }
+                _ => j += 1,
+            }
+        }
+    }
+
+    #[test]
+    fn string_scan_edge_cases() {
+        let plain = "abcdefghij"; // more than one word of plain bytes
+        let cases: Vec<Vec<u8>> = vec![
+            // Non-ASCII right after 8+ plain bytes, at and around word boundaries.
+            format!("\"{plain}\u{e9}\"").into_bytes(),
+            format!("\"12345678\u{20ac}x\"").into_bytes(),
+            format!("\"1234567\u{1F600}{plain}\"").into_bytes(),
+            // Escapes exactly at a word boundary and straddling one.
+            b"\"12345678\\n12345678\"".to_vec(),
+            b"\"1234567\\u00e9abcdefgh\"".to_vec(),
+            b"\"123456\\ud83d\\ude00\"".to_vec(),
+            // Invalid UTF-8 inside a long plain run, and then a control byte.
+            b"\"abcdefghijkl\xffmnopqrstuvwxyz\"".to_vec(),
+            b"\"abcdefghijkl\xffmnop\nqrstuvwxyz\"".to_vec(),
+            b"\"abcdefgh\xe2\x82\"".to_vec(),
+            b"\"abcdefgh\xe2\x82\\n\"".to_vec(),
+            b"\"abcdefgh\xed\xa0\x80\"".to_vec(),
+            b"\"abcdefgh\xf4\x90\x80\x80\"".to_vec(),
+            b"\"abcdefgh\xc0\xaf\"".to_vec(),
+            b"\"abcdefgh\xf0\x9f\x98".to_vec(),
+            b"\"\x7f\x7f\x7f\x7f\x7f\x7f\x7f\x7f\x7f\"".to_vec(),
+            b"\"abcdefgh\x1f\"".to_vec(),
+        ];
+        for c in &cases {
+            for utf8 in [true, false] {
+                assert_eq!(
+                    scan_string(c, 0, utf8),
+                    reference_scan_string(c, 0, utf8),
+                    "{c:?} utf8={utf8}"
+                );
+            }
+        }
+        assert_eq!(
+            scan_string(&cases[0], 0, true),
+            Ok(cases[0].len()),
+            "é after a full word"
+        );
+        assert_eq!(
+            scan_string(&cases[6], 0, true),
+            Err(JsonError::InvalidUtf8 { offset: 13 })
+        );
+        assert_eq!(scan_string(&cases[6], 0, false), Ok(cases[6].len()));
+        // The control byte after the bad sequence is what a structural scan reports.
+        assert!(matches!(
+            scan_string(&cases[7], 0, true),
+            Err(JsonError::Syntax { offset: 18, .. })
+        ));
+    }
+
+    #[test]
+    fn string_scan_matches_the_two_pass_reference() {
+        let pieces: [&[u8]; 16] = [
+            b"a",
+            b"abcdefgh",
+            b"\xc3\xa9",
+            b"\xe2\x82\xac",
+            b"\xf0\x9f\x98\x80",
+            b"\xff",
+            b"\xc3",
+            b"\xed\xa0\x80",
+            b"\\n",
+            b"\\u00e9",
+            b"\\ud83d\\ude00",
+            b"\\ud800",
+            b"\\q",
+            b"\n",
+            b"\"",
+            b"\x7f ~",
+        ];
+        let mut rng = crate::proto::testutil::XorShift::new(0x57a1);
+        for _ in 0..20_000 {
+            let mut s = vec![b'"'];
+            let n = rng.below(12);
+            for _ in 0..n {
+                s.extend_from_slice(pieces[rng.below(pieces.len())]);
+            }
+            if rng.below(4) != 0 {
+                s.push(b'"');
+            }
+            for utf8 in [true, false] {
+                assert_eq!(
+                    scan_string(&s, 0, utf8),
+                    reference_scan_string(&s, 0, utf8),
+                    "{s:?} utf8={utf8}"
+                );
+            }
+        }
     }
 
     #[test]
