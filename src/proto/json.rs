@@ -223,7 +223,7 @@ pub(crate) fn members<'a>(
 /// Keys up to this count are checked for duplicates by comparison.
 const LINEAR_KEYS: usize = 16;
 
-fn is_duplicate(
+pub(crate) fn is_duplicate(
     key: &str,
     out: &[(Cow<'_, str>, Range<usize>)],
     seen: &mut Option<HashSet<String>>,
@@ -280,7 +280,7 @@ pub(crate) fn elements(
     }
 }
 
-fn truncate_key(mut key: String) -> String {
+pub(crate) fn truncate_key(mut key: String) -> String {
     if key.len() > MAX_KEY_IN_ERROR {
         let mut cut = MAX_KEY_IN_ERROR;
         while !key.is_char_boundary(cut) {
@@ -291,7 +291,7 @@ fn truncate_key(mut key: String) -> String {
     key
 }
 
-fn expect_end(bytes: &[u8], i: usize) -> Result<(), JsonError> {
+pub(crate) fn expect_end(bytes: &[u8], i: usize) -> Result<(), JsonError> {
     let j = skip_ws(bytes, i);
     if j == bytes.len() {
         Ok(())
@@ -303,7 +303,12 @@ fn expect_end(bytes: &[u8], i: usize) -> Result<(), JsonError> {
     }
 }
 
-fn expect_byte(bytes: &[u8], i: usize, want: u8, what: &'static str) -> Result<(), JsonError> {
+pub(crate) fn expect_byte(
+    bytes: &[u8],
+    i: usize,
+    want: u8,
+    what: &'static str,
+) -> Result<(), JsonError> {
     match bytes.get(i) {
         Some(&b) if b == want => Ok(()),
         None => Err(JsonError::Truncated),
@@ -531,7 +536,7 @@ pub(crate) fn scan_string(bytes: &[u8], i: usize, utf8: bool) -> Result<usize, J
         None => return Err(JsonError::Truncated),
         Some(_) => return Err(JsonError::NotAString),
     }
-    let mut j = skip_plain(bytes, i + 1);
+    let j = skip_plain(bytes, i + 1);
     if bytes.get(j) == Some(&b'"') {
         return Ok(j + 1);
     }
