@@ -619,11 +619,10 @@ fn best_effort_request_id(bytes: &[u8], limits: &PollLimits) -> Option<String> {
     json::parse_string(raw).ok().filter(|s| !s.is_empty())
 }
 
+/// `raw` was accepted by a strict scan (every field value is), so a string
+/// needs no second check.
 fn string_field(raw: &[u8], name: &'static str) -> Result<String, SkipReason> {
-    if !json::is_string(raw) {
-        return Err(bad(name, "not a string"));
-    }
-    json::parse_string(raw).map_err(|e| bad(name, e.to_string()))
+    json::scanned_string(raw).ok_or_else(|| bad(name, "not a string"))
 }
 
 /// One command on its own (the element's bytes): the path for commands the
@@ -683,17 +682,14 @@ fn decode_fields(f: &Fields<'_>, limits: &PollLimits) -> Decoded {
         },
     };
 
-    let created_at = f
-        .created_at
-        .filter(|r| json::is_string(r))
-        .and_then(|r| json::parse_string(r).ok());
+    let created_at = f.created_at.and_then(json::scanned_string);
 
     let mut warnings = Vec::new();
     let response_timeout = match f.response_timeout {
         None => None,
         Some(raw) if json::is_null(raw) => None,
         Some(raw) if json::is_string(raw) => {
-            let s = json::parse_string(raw).unwrap_or_default();
+            let s = json::scanned_string(raw).unwrap_or_default();
             match parse_response_timeout(&s) {
                 Ok(d) => Some(d),
                 Err(error) => {
@@ -756,6 +752,7 @@ fn decode_headers(raw: &[u8], limits: &PollLimits) -> Result<Vec<Header>, SkipRe
     };
     let mut out = Vec::new();
     let mut bytes = 0usize;
+    let mut elems = Vec::new();
     for (name, range) in names {
         if !is_valid_name(&name) {
             return Err(bad(
@@ -774,12 +771,12 @@ fn decode_headers(raw: &[u8], limits: &PollLimits) -> Result<Vec<Header>, SkipRe
             ));
         }
         let left = limits.max_headers - out.len();
-        let elems = match json::elements(values, &limits.json, true, left) {
-            Ok(e) => e,
+        match json::elements_into(values, &limits.json, true, left, &mut elems) {
+            Ok(()) => {}
             Err(JsonError::TooManyItems { .. }) => return Err(too_many),
             Err(e) => return Err(bad("headers", e.to_string())),
-        };
-        for r in elems {
+        }
+        for r in elems.drain(..) {
             let value = string_field(&values[r], "headers")?;
             if !is_valid_value(&value) {
                 return Err(bad("headers", format!("invalid value for {}", clip(&name))));

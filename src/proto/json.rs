@@ -241,6 +241,20 @@ pub(crate) fn elements(
     utf8: bool,
     max_items: usize,
 ) -> Result<Vec<Range<usize>>, JsonError> {
+    let mut out = Vec::new();
+    elements_into(bytes, limits, utf8, max_items, &mut out).map(|()| out)
+}
+
+/// [`elements`] into `out` (cleared first), so a caller reading many small
+/// arrays reuses one vector.
+pub(crate) fn elements_into(
+    bytes: &[u8],
+    limits: &Limits,
+    utf8: bool,
+    max_items: usize,
+    out: &mut Vec<Range<usize>>,
+) -> Result<(), JsonError> {
+    out.clear();
     if bytes.len() > limits.max_len {
         return Err(JsonError::TooLarge);
     }
@@ -254,10 +268,9 @@ pub(crate) fn elements(
         return Err(JsonError::TooDeep);
     }
     let inner_depth = limits.max_depth - 1;
-    let mut out = Vec::new();
     i = skip_ws(bytes, i + 1);
     if bytes.get(i) == Some(&b']') {
-        return expect_end(bytes, i + 1).map(|()| out);
+        return expect_end(bytes, i + 1);
     }
     loop {
         let vend = scan_value(bytes, i, inner_depth, utf8)?;
@@ -268,7 +281,7 @@ pub(crate) fn elements(
         i = skip_ws(bytes, vend);
         match bytes.get(i) {
             Some(b',') => i = skip_ws(bytes, i + 1),
-            Some(b']') => return expect_end(bytes, i + 1).map(|()| out),
+            Some(b']') => return expect_end(bytes, i + 1),
             None => return Err(JsonError::Truncated),
             Some(_) => {
                 return Err(JsonError::Syntax {
@@ -715,7 +728,17 @@ pub fn parse_string(raw: &[u8]) -> Result<String, JsonError> {
             what: "end of string",
         });
     }
-    Ok(unescape(&raw[1..end - 1]))
+    Ok(scanned_str(&raw[1..end - 1]).into_owned())
+}
+
+/// The text of a string literal that a strict scan (UTF-8 checked) already
+/// accepted, such as a member value from [`members`] in strict mode: no
+/// second scan. `None` when `raw` is not a string literal.
+pub(crate) fn scanned_string(raw: &[u8]) -> Option<String> {
+    match raw {
+        [b'"', inner @ .., b'"'] => Some(scanned_str(inner).into_owned()),
+        _ => None,
+    }
 }
 
 /// The inside of a scanned string literal as text: borrowed when it has no
