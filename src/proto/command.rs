@@ -38,10 +38,16 @@ pub struct ShardToken(String);
 impl ShardToken {
     /// `None` unless 1..=4096 bytes of visible ASCII (safe as a header value).
     pub fn parse(s: &str) -> Option<ShardToken> {
-        let ok = !s.is_empty()
-            && s.len() <= MAX_SHARD_TOKEN
-            && s.bytes().all(|b| (0x21..=0x7e).contains(&b));
-        ok.then(|| ShardToken(s.to_owned()))
+        ShardToken::is_valid(s).then(|| ShardToken(s.to_owned()))
+    }
+
+    fn is_valid(s: &str) -> bool {
+        !s.is_empty() && s.len() <= MAX_SHARD_TOKEN && s.bytes().all(|b| (0x21..=0x7e).contains(&b))
+    }
+
+    /// [`ShardToken::parse`] keeping the given string.
+    fn from_string(s: String) -> Option<ShardToken> {
+        ShardToken::is_valid(&s).then_some(ShardToken(s))
     }
 
     pub fn as_str(&self) -> &str {
@@ -499,16 +505,17 @@ struct Fields<'a> {
 }
 
 impl<'a> Fields<'a> {
-    fn slot(&mut self, key: &str) -> Option<&mut Option<&'a [u8]>> {
+    /// The slot for an (unescaped) key.
+    fn slot(&mut self, key: &[u8]) -> Option<&mut Option<&'a [u8]>> {
         Some(match key {
-            "request_id" => &mut self.request_id,
-            "command_type" => &mut self.command_type,
-            "shard_token" => &mut self.shard_token,
-            "channel" => &mut self.channel,
-            "created_at" => &mut self.created_at,
-            "response_timeout" => &mut self.response_timeout,
-            "headers" => &mut self.headers,
-            "jsonrpc" => &mut self.jsonrpc,
+            b"request_id" => &mut self.request_id,
+            b"command_type" => &mut self.command_type,
+            b"shard_token" => &mut self.shard_token,
+            b"channel" => &mut self.channel,
+            b"created_at" => &mut self.created_at,
+            b"response_timeout" => &mut self.response_timeout,
+            b"headers" => &mut self.headers,
+            b"jsonrpc" => &mut self.jsonrpc,
             _ => return None,
         })
     }
@@ -516,7 +523,7 @@ impl<'a> Fields<'a> {
     fn from_members(bytes: &'a [u8], members: &[(Cow<'_, str>, Range<usize>)]) -> Fields<'a> {
         let mut f = Fields::default();
         for (k, r) in members {
-            if let Some(slot) = f.slot(k) {
+            if let Some(slot) = f.slot(k.as_bytes()) {
                 if slot.is_none() {
                     *slot = Some(&bytes[r.clone()]);
                 }
@@ -532,8 +539,9 @@ const FAST_UNKNOWN_KEYS: usize = 16;
 
 /// The members of the command object at `i` (its `{`), scanned strictly in
 /// one pass. `Ok(None)` when the command is not acceptable JSON on its own
-/// (UTF-8, duplicate keys, too many fields): the caller takes the per-command
-/// path. `depth_left` is for the member values.
+/// (UTF-8, duplicate keys, too many fields), or has an escaped key (compared
+/// only after unescaping): the caller takes the per-command path.
+/// `depth_left` is for the member values.
 fn command_fields(
     body: &[u8],
     i: usize,
@@ -548,7 +556,7 @@ fn command_fields(
         }
     }
     let mut fields = Fields::default();
-    let mut unknown: Vec<Cow<'_, str>> = Vec::new();
+    let mut unknown: Vec<&[u8]> = Vec::new();
     let mut count = 0usize;
     let mut j = json::skip_ws(body, i + 1);
     if body.get(j) == Some(&b'}') {
@@ -564,7 +572,10 @@ fn command_fields(
         let Some(key_end) = strict(json::scan_string(body, j, true))? else {
             return Ok(None);
         };
-        let key = json::scanned_str(&body[j + 1..key_end - 1]);
+        let key = &body[j + 1..key_end - 1];
+        if key.contains(&b'\\') {
+            return Ok(None);
+        }
         j = json::skip_ws(body, key_end);
         json::expect_byte(body, j, b':', "':'")?;
         let vstart = json::skip_ws(body, j + 1);
@@ -575,7 +586,7 @@ fn command_fields(
         if count > MAX_FIELDS {
             return Ok(None);
         }
-        match fields.slot(&key) {
+        match fields.slot(key) {
             Some(Some(_)) => return Ok(None),
             Some(slot) => *slot = Some(&body[vstart..vend]),
             None if unknown.len() >= FAST_UNKNOWN_KEYS || unknown.contains(&key) => {
@@ -625,6 +636,11 @@ fn string_field(raw: &[u8], name: &'static str) -> Result<String, SkipReason> {
     json::scanned_string(raw).ok_or_else(|| bad(name, "not a string"))
 }
 
+/// [`string_field`], borrowed when it has no escapes.
+fn text_field<'a>(raw: &'a [u8], name: &'static str) -> Result<Cow<'a, str>, SkipReason> {
+    json::scanned_text(raw).ok_or_else(|| bad(name, "not a string"))
+}
+
 /// One command on its own (the element's bytes): the path for commands the
 /// one-pass scan did not accept.
 fn decode_command(bytes: &[u8], limits: &PollLimits) -> Decoded {
@@ -647,19 +663,18 @@ fn decode_fields(f: &Fields<'_>, limits: &PollLimits) -> Decoded {
     let id = Some(request_id.as_str());
 
     // The schema's default for command_type is "jsonrpc".
-    let command_type = match f.command_type.map(|r| string_field(r, "command_type")) {
-        None => "jsonrpc".to_owned(),
+    let is_jsonrpc = match f.command_type.map(|r| text_field(r, "command_type")) {
+        None => true,
         Some(Err(e)) => return skipped(id, e),
-        Some(Ok(t)) => t,
+        Some(Ok(t)) if t == "jsonrpc" => true,
+        Some(Ok(t)) if t == "session_termination" => false,
+        Some(Ok(t)) => return skipped(id, SkipReason::UnknownType(clip(&t))),
     };
-    if command_type != "jsonrpc" && command_type != "session_termination" {
-        return skipped(id, SkipReason::UnknownType(clip(&command_type)));
-    }
 
     let shard_token = match f.shard_token.map(|r| string_field(r, "shard_token")) {
         None => return skipped(id, SkipReason::MissingField("shard_token")),
         Some(Err(e)) => return skipped(id, e),
-        Some(Ok(t)) => match ShardToken::parse(&t) {
+        Some(Ok(t)) => match ShardToken::from_string(t) {
             Some(t) => t,
             None => {
                 return skipped(
@@ -673,7 +688,7 @@ fn decode_fields(f: &Fields<'_>, limits: &PollLimits) -> Decoded {
     let channel = match f.channel {
         None => Channel::main(),
         Some(raw) if json::is_null(raw) => Channel::main(),
-        Some(raw) => match string_field(raw, "channel") {
+        Some(raw) => match text_field(raw, "channel") {
             Err(e) => return skipped(id, e),
             Ok(c) => match Channel::parse(&c) {
                 Ok(c) => c,
@@ -689,7 +704,7 @@ fn decode_fields(f: &Fields<'_>, limits: &PollLimits) -> Decoded {
         None => None,
         Some(raw) if json::is_null(raw) => None,
         Some(raw) if json::is_string(raw) => {
-            let s = json::scanned_string(raw).unwrap_or_default();
+            let s = json::scanned_text(raw).unwrap_or_default();
             match parse_response_timeout(&s) {
                 Ok(d) => Some(d),
                 Err(error) => {
@@ -716,7 +731,7 @@ fn decode_fields(f: &Fields<'_>, limits: &PollLimits) -> Decoded {
         },
     };
 
-    let kind = if command_type == "jsonrpc" {
+    let kind = if is_jsonrpc {
         match f.jsonrpc {
             None => return skipped(id, SkipReason::MissingField("jsonrpc")),
             Some(raw) if json::is_object(raw) => CommandKind::JsonRpc { body: raw.to_vec() },
@@ -1368,6 +1383,8 @@ mod tests {
             format!(r#"{{"commands":[{good},{good},{good}]}}"#).into_bytes(),
             format!(r#"{{"commands":[{good}],"commands":null}}"#).into_bytes(),
             br#"{"comm\u0061nds":null}"#.to_vec(),
+            // An escaped key is compared after unescaping.
+            br#"{"commands":[{"request_\u0069d":"r1","shard_token":"s","jsonrpc":{}}]}"#.to_vec(),
             br#"{"commands":nul}"#.to_vec(),
             br#"{"commands":[[[[[1]]]]]}"#.to_vec(),
         ];
@@ -1399,6 +1416,10 @@ mod tests {
         assert!(matches!(
             decode_poll(&cases[6], &lim()).as_deref(),
             Ok([Decoded::Command(_)])
+        ));
+        assert!(matches!(
+            decode_poll(&cases[11], &lim()).as_deref(),
+            Ok([Decoded::Command(c)]) if c.request_id == "r1"
         ));
         // Depth limits count from the body, on the fast path too.
         for depth in 0..6 {

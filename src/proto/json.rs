@@ -735,8 +735,13 @@ pub fn parse_string(raw: &[u8]) -> Result<String, JsonError> {
 /// accepted, such as a member value from [`members`] in strict mode: no
 /// second scan. `None` when `raw` is not a string literal.
 pub(crate) fn scanned_string(raw: &[u8]) -> Option<String> {
+    scanned_text(raw).map(Cow::into_owned)
+}
+
+/// [`scanned_string`], borrowed when the literal has no escapes.
+pub(crate) fn scanned_text(raw: &[u8]) -> Option<Cow<'_, str>> {
     match raw {
-        [b'"', inner @ .., b'"'] => Some(scanned_str(inner).into_owned()),
+        [b'"', inner @ .., b'"'] => Some(scanned_str(inner)),
         _ => None,
     }
 }
