@@ -846,22 +846,28 @@ pub fn is_object(raw: &[u8]) -> bool {
 }
 
 /// Append `s` as a JSON string literal (quotes + escapes) to `out`.
+/// Runs that need no escape (everything but quotes, backslashes and control
+/// characters; non-ASCII is copied as is) are found a word at a time.
 pub fn write_string(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.push(b'"');
     let bytes = s.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
     let mut run = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    loop {
+        let i = skip_unescaped(bytes, run);
+        out.extend_from_slice(&bytes[run..i]);
+        let Some(&b) = bytes.get(i) else {
+            break;
+        };
         let esc: &[u8] = match b {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
             b'\n' => b"\\n",
             b'\r' => b"\\r",
             b'\t' => b"\\t",
-            0x00..=0x1f => b"",
-            _ => continue,
+            _ => b"",
         };
-        out.extend_from_slice(&bytes[run..i]);
         if esc.is_empty() {
             out.extend_from_slice(b"\\u00");
             out.push(HEX[usize::from(b >> 4)]);
@@ -871,8 +877,41 @@ pub fn write_string(out: &mut Vec<u8>, s: &str) {
         }
         run = i + 1;
     }
-    out.extend_from_slice(&bytes[run..]);
     out.push(b'"');
+}
+
+/// High bit set in exactly the bytes of `w` that [`write_string`] escapes.
+/// Unlike [`stop_mask`] nothing carries between bytes (each byte's low
+/// seven bits plus at most 0x7f stays inside the byte), so non-ASCII bytes
+/// never flag a neighbour.
+#[inline]
+fn escape_mask(w: u64) -> u64 {
+    const LOW7: u64 = ONES * 0x7f;
+    let zero = |x: u64| !(((x & LOW7) + LOW7) | x);
+    let control = !(((w & LOW7) + ONES * 0x60) | w);
+    (zero(w ^ (ONES * u64::from(b'"'))) | zero(w ^ (ONES * u64::from(b'\\'))) | control) & HIGHS
+}
+
+/// Index of the first byte at or after `j` that [`write_string`] escapes
+/// (a quote, a backslash or a control character), or `bytes.len()`.
+fn skip_unescaped(bytes: &[u8], mut j: usize) -> usize {
+    while let Some(chunk) = bytes.get(j..j + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(word);
+        let m = escape_mask(w);
+        if m != 0 {
+            return j + (m.trailing_zeros() / 8) as usize;
+        }
+        j += 8;
+    }
+    while let Some(&b) = bytes.get(j) {
+        if b == b'"' || b == b'\\' || b < 0x20 {
+            break;
+        }
+        j += 1;
+    }
+    j
 }
 
 #[cfg(test)]
@@ -1129,6 +1168,56 @@ mod tests {
             b"\"1\"",
         ] {
             assert_eq!(parse_u64(bad), Err(JsonError::NotAnInteger), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn write_string_escapes_exactly_what_the_byte_loop_would() {
+        let slow = |s: &str| {
+            let mut out = vec![b'"'];
+            for &b in s.as_bytes() {
+                match b {
+                    b'"' => out.extend_from_slice(b"\\\""),
+                    b'\\' => out.extend_from_slice(b"\\\\"),
+                    b'\n' => out.extend_from_slice(b"\\n"),
+                    b'\r' => out.extend_from_slice(b"\\r"),
+                    b'\t' => out.extend_from_slice(b"\\t"),
+                    0x00..=0x1f => out.extend_from_slice(format!("\\u{b:04x}").as_bytes()),
+                    _ => out.push(b),
+                }
+            }
+            out.push(b'"');
+            out
+        };
+        // Non-ASCII bytes whose low seven bits look like a quote, a backslash
+        // or a control character, next to the ones that really are.
+        let pieces = [
+            "a",
+            "abcdefgh",
+            "\"",
+            "\\",
+            "\n",
+            "\u{1}",
+            "\u{1f}",
+            " ",
+            "#",
+            "]",
+            "\u{7f}",
+            "\u{a2}",
+            "\u{dc}",
+            "\u{80}",
+            "\u{e9}",
+            "\u{1F600}",
+            "\u{9f}",
+        ];
+        let mut rng = crate::proto::testutil::XorShift::new(0x3a);
+        for _ in 0..20_000 {
+            let s: String = (0..rng.below(14))
+                .map(|_| pieces[rng.below(pieces.len())])
+                .collect();
+            let mut out = Vec::new();
+            write_string(&mut out, &s);
+            assert_eq!(out, slow(&s), "{s:?}");
         }
     }
 

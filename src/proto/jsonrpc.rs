@@ -85,14 +85,15 @@ enum Targets {
 }
 
 impl Parts {
-    fn slot(&mut self, key: &str) -> Option<&mut Option<Range<usize>>> {
+    /// The slot for an (unescaped) key.
+    fn slot(&mut self, key: &[u8]) -> Option<&mut Option<Range<usize>>> {
         Some(match key {
-            "jsonrpc" => &mut self.jsonrpc,
-            "id" => &mut self.id,
-            "method" => &mut self.method,
-            "params" => &mut self.params,
-            "result" => &mut self.result,
-            "error" => &mut self.error,
+            b"jsonrpc" => &mut self.jsonrpc,
+            b"id" => &mut self.id,
+            b"method" => &mut self.method,
+            b"params" => &mut self.params,
+            b"result" => &mut self.result,
+            b"error" => &mut self.error,
             _ => return None,
         })
     }
@@ -100,7 +101,7 @@ impl Parts {
     fn from_members(members: &json::Members<'_>) -> Parts {
         let mut p = Parts::default();
         for (k, r) in members {
-            if let Some(slot) = p.slot(k) {
+            if let Some(slot) = p.slot(k.as_bytes()) {
                 slot.get_or_insert_with(|| r.clone());
             }
         }
@@ -114,7 +115,8 @@ const FAST_UNKNOWN_KEYS: usize = 16;
 
 /// The top-level object, as `json::members` in strict mode would read it
 /// (same errors, in the same order); `Ok(None)` when the caller should use
-/// `json::members` instead.
+/// `json::members` instead (many unknown keys, or an escaped key: keys
+/// compare after unescaping).
 fn scan_message(msg: &[u8], limits: &json::Limits) -> Result<Option<Parts>, JsonError> {
     if msg.len() > limits.max_len {
         return Err(JsonError::TooLarge);
@@ -130,7 +132,7 @@ fn scan_message(msg: &[u8], limits: &json::Limits) -> Result<Option<Parts>, Json
     }
     let inner_depth = limits.max_depth - 1;
     let mut parts = Parts::default();
-    let mut unknown: Vec<std::borrow::Cow<'_, str>> = Vec::new();
+    let mut unknown: Vec<&[u8]> = Vec::new();
     i = json::skip_ws(msg, i + 1);
     if msg.get(i) == Some(&b'}') {
         json::expect_end(msg, i + 1)?;
@@ -144,29 +146,30 @@ fn scan_message(msg: &[u8], limits: &json::Limits) -> Result<Option<Parts>, Json
             });
         }
         let key_end = json::scan_string(msg, i, true)?;
-        let key = json::scanned_str(&msg[i + 1..key_end - 1]);
+        let key = &msg[i + 1..key_end - 1];
+        if key.contains(&b'\\') {
+            return Ok(None);
+        }
         i = json::skip_ws(msg, key_end);
         json::expect_byte(msg, i, b':', "':'")?;
         let vstart = json::skip_ws(msg, i + 1);
-        let vend = if key == "params" && parts.params.is_none() && msg.get(vstart) == Some(&b'{') {
+        let vend = if key == b"params" && parts.params.is_none() && msg.get(vstart) == Some(&b'{') {
             let (end, targets) = scan_params(msg, vstart, inner_depth)?;
             parts.targets = targets;
             end
         } else {
             json::scan_value(msg, vstart, inner_depth, true)?
         };
-        match parts.slot(&key) {
-            Some(Some(_)) => {
-                return Err(JsonError::DuplicateKey(json::truncate_key(
-                    key.into_owned(),
-                )))
-            }
+        let duplicate = || {
+            // Unescaped and strictly scanned: the key is its own text.
+            JsonError::DuplicateKey(json::truncate_key(
+                String::from_utf8_lossy(key).into_owned(),
+            ))
+        };
+        match parts.slot(key) {
+            Some(Some(_)) => return Err(duplicate()),
             Some(slot) => *slot = Some(vstart..vend),
-            None if unknown.contains(&key) => {
-                return Err(JsonError::DuplicateKey(json::truncate_key(
-                    key.into_owned(),
-                )))
-            }
+            None if unknown.contains(&key) => return Err(duplicate()),
             None if unknown.len() >= FAST_UNKNOWN_KEYS => return Ok(None),
             None => unknown.push(key),
         }
@@ -539,6 +542,9 @@ mod tests {
             format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{{},"p3":0}}}}"#, many(20, "p")),
             format!(r#"{{"jsonrpc":"2.0","id":1,{},"method":"m"}}"#, many(20, "u")),
             format!(r#"{{"jsonrpc":"2.0","id":1,{},"u19":0,"method":"m"}}"#, many(20, "u")),
+            // Escaped top-level keys go to the general reader.
+            r#"{"json\u0072pc":"2.0","id":1,"method":"m"}"#.to_string(),
+            r#"{"jsonrpc":"2.0","id":1,"\u0069d":2,"result":1}"#.to_string(),
             // Errors inside params, in order.
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name" "a"}}"#.to_string(),
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a",}}"#.to_string(),
@@ -565,7 +571,12 @@ mod tests {
             inspect(cases[10].as_bytes(), &lim()),
             Err(JsonError::DuplicateKey("u19".into()))
         );
-        assert_eq!(inspect(cases[13].as_bytes(), &l), Err(JsonError::TooDeep));
+        assert_eq!(inspect(cases[15].as_bytes(), &l), Err(JsonError::TooDeep));
+        assert_eq!(info(&cases[11]).method.as_deref(), Some("m"));
+        assert_eq!(
+            inspect(cases[12].as_bytes(), &lim()),
+            Err(JsonError::DuplicateKey("id".into()))
+        );
     }
 
     #[test]
