@@ -1367,7 +1367,7 @@ mod tests {
             // Duplicate keys found in the single pass: known, unknown, escaped.
             format!(r#"{{"commands":[{{"request_id":"r1","shard_token":"a","request_id":"r2"}},{good}]}}"#).into_bytes(),
             format!(r#"{{"commands":[{{"request_id":"r1","zz":1,"shard_token":"a","zz":2}},{good}]}}"#).into_bytes(),
-            format!(r#"{{"commands":[{{"request_id":"r1","shard_\u0074oken":"a","shard_token":"b"}}]}}"#).into_bytes(),
+            br#"{"commands":[{"request_id":"r1","shard_\u0074oken":"a","shard_token":"b"}]}"#.to_vec(),
             // Bad UTF-8 in a key, in an ignored field, then a structural error after it.
             b"{\"commands\":[{\"request_id\":\"r9\",\"k\xff\":1}]}".to_vec(),
             b"{\"commands\":[{\"request_id\":\"r9\",\"x\":\"abcdefghij\xffk\"}]}".to_vec(),

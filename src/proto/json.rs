@@ -1358,7 +1358,7 @@ mod tests {
         let cases: Vec<Vec<u8>> = vec![
             // Non-ASCII right after 8+ plain bytes, at and around word boundaries.
             format!("\"{plain}\u{e9}\"").into_bytes(),
-            format!("\"12345678\u{20ac}x\"").into_bytes(),
+            "\"12345678\u{20ac}x\"".as_bytes().to_vec(),
             format!("\"1234567\u{1F600}{plain}\"").into_bytes(),
             // Escapes exactly at a word boundary and straddling one.
             b"\"12345678\\n12345678\"".to_vec(),
