@@ -38,10 +38,16 @@ pub struct ShardToken(String);
 impl ShardToken {
     /// `None` unless 1..=4096 bytes of visible ASCII (safe as a header value).
     pub fn parse(s: &str) -> Option<ShardToken> {
-        let ok = !s.is_empty()
-            && s.len() <= MAX_SHARD_TOKEN
-            && s.bytes().all(|b| (0x21..=0x7e).contains(&b));
-        ok.then(|| ShardToken(s.to_owned()))
+        ShardToken::is_valid(s).then(|| ShardToken(s.to_owned()))
+    }
+
+    fn is_valid(s: &str) -> bool {
+        !s.is_empty() && s.len() <= MAX_SHARD_TOKEN && s.bytes().all(|b| (0x21..=0x7e).contains(&b))
+    }
+
+    /// [`ShardToken::parse`] keeping the given string.
+    fn from_string(s: String) -> Option<ShardToken> {
+        ShardToken::is_valid(&s).then_some(ShardToken(s))
     }
 
     pub fn as_str(&self) -> &str {
@@ -303,6 +309,16 @@ fn field<'a>(
 
 /// Decode a 200 poll body. One bad command is a `Skipped` entry, not an error
 /// for the batch. `{"commands":null}` is an empty batch, like the reference client.
+///
+/// One pass over the body: each command is decoded where the scanner meets
+/// it. The outcome is the one of "check the whole body's structure, then
+/// decode each command on its own": a structural error anywhere still fails
+/// the batch (whatever was decoded before it is dropped), and the
+/// batch-shape errors (missing or non-array `commands`, too many commands)
+/// are reported only for a body that is structurally sound. A command that
+/// is not acceptable JSON on its own (bad UTF-8, duplicate keys, too many
+/// fields) is rare: it is scanned again by the per-command path, which gives
+/// its skip reason and best-effort request id.
 pub fn decode_poll(body: &[u8], limits: &PollLimits) -> Result<Vec<Decoded>, PollError> {
     if body.len() > limits.max_body {
         return Err(PollError::TooLarge {
@@ -310,35 +326,287 @@ pub fn decode_poll(body: &[u8], limits: &PollLimits) -> Result<Vec<Decoded>, Pol
             max: limits.max_body,
         });
     }
-    let jl = json::Limits {
-        max_depth: limits.json.max_depth,
-        max_len: limits.max_body,
-    };
-    // Structure first, UTF-8 per command: one broken string skips one command.
-    let structural = Mode {
-        utf8: false,
-        unique_keys: true,
-    };
-    let top = json::members(body, &jl, structural, MAX_FIELDS).map_err(|e| match e {
+    match poll_batch(body, limits).map_err(|e| match e {
         JsonError::NotAnObject => PollError::NotAnObject,
         e => PollError::Json(e),
-    })?;
-    let commands = field(body, &top, "commands").ok_or(PollError::MissingCommands)?;
-    if json::is_null(commands) {
-        return Ok(Vec::new());
+    })? {
+        Batch::Missing => Err(PollError::MissingCommands),
+        Batch::Null => Ok(Vec::new()),
+        Batch::NotAnArray => Err(PollError::CommandsNotAnArray),
+        Batch::TooMany => Err(PollError::TooManyCommands {
+            max: limits.max_commands,
+        }),
+        Batch::Commands(v) => Ok(v),
     }
-    if commands.first() != Some(&b'[') {
-        return Err(PollError::CommandsNotAnArray);
+}
+
+/// What the `commands` member of a structurally sound poll body held.
+enum Batch {
+    Missing,
+    Null,
+    NotAnArray,
+    TooMany,
+    Commands(Vec<Decoded>),
+}
+
+/// The top-level object of a poll body; `Err` is a structural problem of the
+/// whole body (or its own duplicate keys / member count).
+fn poll_batch(body: &[u8], limits: &PollLimits) -> Result<Batch, JsonError> {
+    let max_depth = limits.json.max_depth;
+    let mut i = json::skip_ws(body, 0);
+    match body.get(i) {
+        Some(b'{') => {}
+        None => return Err(JsonError::Truncated),
+        Some(_) => return Err(JsonError::NotAnObject),
     }
-    let elements =
-        json::elements(commands, &jl, false, limits.max_commands).map_err(|e| match e {
-            JsonError::TooManyItems { max } => PollError::TooManyCommands { max },
-            e => PollError::Json(e),
-        })?;
-    Ok(elements
-        .into_iter()
-        .map(|r| decode_command(&commands[r], limits))
-        .collect())
+    if max_depth == 0 {
+        return Err(JsonError::TooDeep);
+    }
+    let inner_depth = max_depth - 1;
+    let mut keys: json::Members<'_> = Vec::new();
+    let mut seen = None;
+    let mut batch = Batch::Missing;
+    i = json::skip_ws(body, i + 1);
+    if body.get(i) == Some(&b'}') {
+        json::expect_end(body, i + 1)?;
+        return Ok(batch);
+    }
+    loop {
+        if body.get(i).is_some_and(|&b| b != b'"') {
+            return Err(JsonError::Syntax {
+                offset: i,
+                what: "an object key",
+            });
+        }
+        let key_end = json::scan_string(body, i, false)?;
+        let key = json::scanned_str(&body[i + 1..key_end - 1]);
+        i = json::skip_ws(body, key_end);
+        json::expect_byte(body, i, b':', "':'")?;
+        let vstart = json::skip_ws(body, i + 1);
+        // A second `commands` is a duplicate: scanned only to report that.
+        let vend = if key == "commands" && matches!(batch, Batch::Missing) {
+            let (end, b) = commands_value(body, vstart, inner_depth, limits)?;
+            batch = b;
+            end
+        } else {
+            json::scan_value(body, vstart, inner_depth, false)?
+        };
+        if keys.len() >= MAX_FIELDS {
+            return Err(JsonError::TooManyItems { max: MAX_FIELDS });
+        }
+        if json::is_duplicate(&key, &keys, &mut seen) {
+            return Err(JsonError::DuplicateKey(json::truncate_key(
+                key.into_owned(),
+            )));
+        }
+        keys.push((key, vstart..vend));
+        i = json::skip_ws(body, vend);
+        match body.get(i) {
+            Some(b',') => i = json::skip_ws(body, i + 1),
+            Some(b'}') => {
+                json::expect_end(body, i + 1)?;
+                return Ok(batch);
+            }
+            None => return Err(JsonError::Truncated),
+            Some(_) => {
+                return Err(JsonError::Syntax {
+                    offset: i,
+                    what: "',' or '}'",
+                })
+            }
+        }
+    }
+}
+
+/// The `commands` value at `i`, decoded in place; returns where it ends.
+/// `depth_left` counts the array itself.
+fn commands_value(
+    body: &[u8],
+    i: usize,
+    depth_left: usize,
+    limits: &PollLimits,
+) -> Result<(usize, Batch), JsonError> {
+    if body.get(i) != Some(&b'[') {
+        let end = json::scan_value(body, i, depth_left, false)?;
+        let batch = if json::is_null(&body[i..end]) {
+            Batch::Null
+        } else {
+            Batch::NotAnArray
+        };
+        return Ok((end, batch));
+    }
+    if depth_left == 0 {
+        return Err(JsonError::TooDeep);
+    }
+    let elem_depth = depth_left - 1;
+    let mut out = Vec::new();
+    let mut too_many = false;
+    let mut j = json::skip_ws(body, i + 1);
+    if body.get(j) == Some(&b']') {
+        return Ok((j + 1, Batch::Commands(out)));
+    }
+    loop {
+        // Past the limit the batch fails; the rest is only checked for structure.
+        let end = if too_many || out.len() >= limits.max_commands {
+            too_many = true;
+            json::scan_value(body, j, elem_depth, false)?
+        } else {
+            let (end, decoded) = command_at(body, j, elem_depth, limits)?;
+            out.push(decoded);
+            end
+        };
+        j = json::skip_ws(body, end);
+        match body.get(j) {
+            Some(b',') => j = json::skip_ws(body, j + 1),
+            Some(b']') if too_many => return Ok((j + 1, Batch::TooMany)),
+            Some(b']') => return Ok((j + 1, Batch::Commands(out))),
+            None => return Err(JsonError::Truncated),
+            Some(_) => {
+                return Err(JsonError::Syntax {
+                    offset: j,
+                    what: "',' or ']'",
+                })
+            }
+        }
+    }
+}
+
+/// The command element at `i`; `Err` only for a structural error of the body.
+fn command_at(
+    body: &[u8],
+    i: usize,
+    depth_left: usize,
+    limits: &PollLimits,
+) -> Result<(usize, Decoded), JsonError> {
+    if body.get(i) == Some(&b'{') && depth_left > 0 {
+        if let Some((end, fields)) = command_fields(body, i, depth_left - 1)? {
+            if end - i <= limits.json.max_len {
+                return Ok((end, decode_fields(&fields, limits)));
+            }
+        }
+    }
+    // Not an object, or not acceptable on its own: structure first (a
+    // structural error is the batch's), then the per-command path.
+    let end = json::scan_value(body, i, depth_left, false)?;
+    Ok((end, decode_command(&body[i..end], limits)))
+}
+
+/// The fields of a command, each the raw value of its first occurrence.
+#[derive(Default)]
+struct Fields<'a> {
+    request_id: Option<&'a [u8]>,
+    command_type: Option<&'a [u8]>,
+    shard_token: Option<&'a [u8]>,
+    channel: Option<&'a [u8]>,
+    created_at: Option<&'a [u8]>,
+    response_timeout: Option<&'a [u8]>,
+    headers: Option<&'a [u8]>,
+    jsonrpc: Option<&'a [u8]>,
+}
+
+impl<'a> Fields<'a> {
+    /// The slot for an (unescaped) key.
+    fn slot(&mut self, key: &[u8]) -> Option<&mut Option<&'a [u8]>> {
+        Some(match key {
+            b"request_id" => &mut self.request_id,
+            b"command_type" => &mut self.command_type,
+            b"shard_token" => &mut self.shard_token,
+            b"channel" => &mut self.channel,
+            b"created_at" => &mut self.created_at,
+            b"response_timeout" => &mut self.response_timeout,
+            b"headers" => &mut self.headers,
+            b"jsonrpc" => &mut self.jsonrpc,
+            _ => return None,
+        })
+    }
+
+    fn from_members(bytes: &'a [u8], members: &[(Cow<'_, str>, Range<usize>)]) -> Fields<'a> {
+        let mut f = Fields::default();
+        for (k, r) in members {
+            if let Some(slot) = f.slot(k.as_bytes()) {
+                if slot.is_none() {
+                    *slot = Some(&bytes[r.clone()]);
+                }
+            }
+        }
+        f
+    }
+}
+
+/// Unknown keys of one command compared for duplicates on the fast path;
+/// more than this goes to the per-command path.
+const FAST_UNKNOWN_KEYS: usize = 16;
+
+/// The members of the command object at `i` (its `{`), scanned strictly in
+/// one pass. `Ok(None)` when the command is not acceptable JSON on its own
+/// (UTF-8, duplicate keys, too many fields), or has an escaped key (compared
+/// only after unescaping): the caller takes the per-command path.
+/// `depth_left` is for the member values.
+fn command_fields(
+    body: &[u8],
+    i: usize,
+    depth_left: usize,
+) -> Result<Option<(usize, Fields<'_>)>, JsonError> {
+    /// Strict scanning differs from structural scanning only by UTF-8 errors.
+    fn strict<T>(r: Result<T, JsonError>) -> Result<Option<T>, JsonError> {
+        match r {
+            Ok(v) => Ok(Some(v)),
+            Err(JsonError::InvalidUtf8 { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+    let mut fields = Fields::default();
+    let mut unknown: Vec<&[u8]> = Vec::new();
+    let mut count = 0usize;
+    let mut j = json::skip_ws(body, i + 1);
+    if body.get(j) == Some(&b'}') {
+        return Ok(Some((j + 1, fields)));
+    }
+    loop {
+        if body.get(j).is_some_and(|&b| b != b'"') {
+            return Err(JsonError::Syntax {
+                offset: j,
+                what: "an object key",
+            });
+        }
+        let Some(key_end) = strict(json::scan_string(body, j, true))? else {
+            return Ok(None);
+        };
+        let key = &body[j + 1..key_end - 1];
+        if key.contains(&b'\\') {
+            return Ok(None);
+        }
+        j = json::skip_ws(body, key_end);
+        json::expect_byte(body, j, b':', "':'")?;
+        let vstart = json::skip_ws(body, j + 1);
+        let Some(vend) = strict(json::scan_value(body, vstart, depth_left, true))? else {
+            return Ok(None);
+        };
+        count += 1;
+        if count > MAX_FIELDS {
+            return Ok(None);
+        }
+        match fields.slot(key) {
+            Some(Some(_)) => return Ok(None),
+            Some(slot) => *slot = Some(&body[vstart..vend]),
+            None if unknown.len() >= FAST_UNKNOWN_KEYS || unknown.contains(&key) => {
+                return Ok(None)
+            }
+            None => unknown.push(key),
+        }
+        j = json::skip_ws(body, vend);
+        match body.get(j) {
+            Some(b',') => j = json::skip_ws(body, j + 1),
+            Some(b'}') => return Ok(Some((j + 1, fields))),
+            None => return Err(JsonError::Truncated),
+            Some(_) => {
+                return Err(JsonError::Syntax {
+                    offset: j,
+                    what: "',' or '}'",
+                })
+            }
+        }
+    }
 }
 
 fn skipped(request_id: Option<&str>, reason: SkipReason) -> Decoded {
@@ -362,26 +630,31 @@ fn best_effort_request_id(bytes: &[u8], limits: &PollLimits) -> Option<String> {
     json::parse_string(raw).ok().filter(|s| !s.is_empty())
 }
 
+/// `raw` was accepted by a strict scan (every field value is), so a string
+/// needs no second check.
 fn string_field(raw: &[u8], name: &'static str) -> Result<String, SkipReason> {
-    if !json::is_string(raw) {
-        return Err(bad(name, "not a string"));
-    }
-    json::parse_string(raw).map_err(|e| bad(name, e.to_string()))
+    json::scanned_string(raw).ok_or_else(|| bad(name, "not a string"))
 }
 
-fn decode_command(bytes: &[u8], limits: &PollLimits) -> Decoded {
-    let members = match json::members(bytes, &limits.json, Mode::STRICT, MAX_FIELDS) {
-        Ok(m) => m,
-        Err(e) => {
-            return Decoded::Skipped {
-                request_id: best_effort_request_id(bytes, limits),
-                reason: SkipReason::Json(e),
-            }
-        }
-    };
-    let get = |name: &str| field(bytes, &members, name);
+/// [`string_field`], borrowed when it has no escapes.
+fn text_field<'a>(raw: &'a [u8], name: &'static str) -> Result<Cow<'a, str>, SkipReason> {
+    json::scanned_text(raw).ok_or_else(|| bad(name, "not a string"))
+}
 
-    let request_id = match get("request_id").map(|r| string_field(r, "request_id")) {
+/// One command on its own (the element's bytes): the path for commands the
+/// one-pass scan did not accept.
+fn decode_command(bytes: &[u8], limits: &PollLimits) -> Decoded {
+    match json::members(bytes, &limits.json, Mode::STRICT, MAX_FIELDS) {
+        Ok(m) => decode_fields(&Fields::from_members(bytes, &m), limits),
+        Err(e) => Decoded::Skipped {
+            request_id: best_effort_request_id(bytes, limits),
+            reason: SkipReason::Json(e),
+        },
+    }
+}
+
+fn decode_fields(f: &Fields<'_>, limits: &PollLimits) -> Decoded {
+    let request_id = match f.request_id.map(|r| string_field(r, "request_id")) {
         None => return skipped(None, SkipReason::MissingField("request_id")),
         Some(Err(e)) => return skipped(None, e),
         Some(Ok(id)) if id.is_empty() => return skipped(None, bad("request_id", "empty")),
@@ -390,19 +663,18 @@ fn decode_command(bytes: &[u8], limits: &PollLimits) -> Decoded {
     let id = Some(request_id.as_str());
 
     // The schema's default for command_type is "jsonrpc".
-    let command_type = match get("command_type").map(|r| string_field(r, "command_type")) {
-        None => "jsonrpc".to_owned(),
+    let is_jsonrpc = match f.command_type.map(|r| text_field(r, "command_type")) {
+        None => true,
         Some(Err(e)) => return skipped(id, e),
-        Some(Ok(t)) => t,
+        Some(Ok(t)) if t == "jsonrpc" => true,
+        Some(Ok(t)) if t == "session_termination" => false,
+        Some(Ok(t)) => return skipped(id, SkipReason::UnknownType(clip(&t))),
     };
-    if command_type != "jsonrpc" && command_type != "session_termination" {
-        return skipped(id, SkipReason::UnknownType(clip(&command_type)));
-    }
 
-    let shard_token = match get("shard_token").map(|r| string_field(r, "shard_token")) {
+    let shard_token = match f.shard_token.map(|r| string_field(r, "shard_token")) {
         None => return skipped(id, SkipReason::MissingField("shard_token")),
         Some(Err(e)) => return skipped(id, e),
-        Some(Ok(t)) => match ShardToken::parse(&t) {
+        Some(Ok(t)) => match ShardToken::from_string(t) {
             Some(t) => t,
             None => {
                 return skipped(
@@ -413,10 +685,10 @@ fn decode_command(bytes: &[u8], limits: &PollLimits) -> Decoded {
         },
     };
 
-    let channel = match get("channel") {
+    let channel = match f.channel {
         None => Channel::main(),
         Some(raw) if json::is_null(raw) => Channel::main(),
-        Some(raw) => match string_field(raw, "channel") {
+        Some(raw) => match text_field(raw, "channel") {
             Err(e) => return skipped(id, e),
             Ok(c) => match Channel::parse(&c) {
                 Ok(c) => c,
@@ -425,16 +697,14 @@ fn decode_command(bytes: &[u8], limits: &PollLimits) -> Decoded {
         },
     };
 
-    let created_at = get("created_at")
-        .filter(|r| json::is_string(r))
-        .and_then(|r| json::parse_string(r).ok());
+    let created_at = f.created_at.and_then(json::scanned_string);
 
     let mut warnings = Vec::new();
-    let response_timeout = match get("response_timeout") {
+    let response_timeout = match f.response_timeout {
         None => None,
         Some(raw) if json::is_null(raw) => None,
         Some(raw) if json::is_string(raw) => {
-            let s = json::parse_string(raw).unwrap_or_default();
+            let s = json::scanned_text(raw).unwrap_or_default();
             match parse_response_timeout(&s) {
                 Ok(d) => Some(d),
                 Err(error) => {
@@ -452,7 +722,7 @@ fn decode_command(bytes: &[u8], limits: &PollLimits) -> Decoded {
         }
     };
 
-    let headers = match get("headers") {
+    let headers = match f.headers {
         None => Vec::new(),
         Some(raw) if json::is_null(raw) => Vec::new(),
         Some(raw) => match decode_headers(raw, limits) {
@@ -461,8 +731,8 @@ fn decode_command(bytes: &[u8], limits: &PollLimits) -> Decoded {
         },
     };
 
-    let kind = if command_type == "jsonrpc" {
-        match get("jsonrpc") {
+    let kind = if is_jsonrpc {
+        match f.jsonrpc {
             None => return skipped(id, SkipReason::MissingField("jsonrpc")),
             Some(raw) if json::is_object(raw) => CommandKind::JsonRpc { body: raw.to_vec() },
             Some(_) => return skipped(id, bad("jsonrpc", "not an object")),
@@ -497,6 +767,7 @@ fn decode_headers(raw: &[u8], limits: &PollLimits) -> Result<Vec<Header>, SkipRe
     };
     let mut out = Vec::new();
     let mut bytes = 0usize;
+    let mut elems = Vec::new();
     for (name, range) in names {
         if !is_valid_name(&name) {
             return Err(bad(
@@ -515,12 +786,12 @@ fn decode_headers(raw: &[u8], limits: &PollLimits) -> Result<Vec<Header>, SkipRe
             ));
         }
         let left = limits.max_headers - out.len();
-        let elems = match json::elements(values, &limits.json, true, left) {
-            Ok(e) => e,
+        match json::elements_into(values, &limits.json, true, left, &mut elems) {
+            Ok(()) => {}
             Err(JsonError::TooManyItems { .. }) => return Err(too_many),
             Err(e) => return Err(bad("headers", e.to_string())),
-        };
-        for r in elems {
+        }
+        for r in elems.drain(..) {
             let value = string_field(&values[r], "headers")?;
             if !is_valid_value(&value) {
                 return Err(bad("headers", format!("invalid value for {}", clip(&name))));
@@ -1048,6 +1319,156 @@ mod tests {
             "{dbg}"
         );
         assert!(!dbg.contains("ping"), "{dbg}");
+    }
+
+    /// decode_poll before the one-pass rewrite: the whole body's structure,
+    /// then the array, then each command on its own.
+    fn reference_decode_poll(body: &[u8], limits: &PollLimits) -> Result<Vec<Decoded>, PollError> {
+        if body.len() > limits.max_body {
+            return Err(PollError::TooLarge {
+                len: body.len(),
+                max: limits.max_body,
+            });
+        }
+        let jl = json::Limits {
+            max_depth: limits.json.max_depth,
+            max_len: limits.max_body,
+        };
+        let structural = Mode {
+            utf8: false,
+            unique_keys: true,
+        };
+        let top = json::members(body, &jl, structural, MAX_FIELDS).map_err(|e| match e {
+            JsonError::NotAnObject => PollError::NotAnObject,
+            e => PollError::Json(e),
+        })?;
+        let commands = field(body, &top, "commands").ok_or(PollError::MissingCommands)?;
+        if json::is_null(commands) {
+            return Ok(Vec::new());
+        }
+        if commands.first() != Some(&b'[') {
+            return Err(PollError::CommandsNotAnArray);
+        }
+        let elements =
+            json::elements(commands, &jl, false, limits.max_commands).map_err(|e| match e {
+                JsonError::TooManyItems { max } => PollError::TooManyCommands { max },
+                e => PollError::Json(e),
+            })?;
+        Ok(elements
+            .into_iter()
+            .map(|r| decode_command(&commands[r], limits))
+            .collect())
+    }
+
+    #[test]
+    fn one_pass_finds_what_the_per_command_path_finds() {
+        let good = rpc("");
+        let cases: Vec<Vec<u8>> = vec![
+            // Duplicate keys found in the single pass: known, unknown, escaped.
+            format!(r#"{{"commands":[{{"request_id":"r1","shard_token":"a","request_id":"r2"}},{good}]}}"#).into_bytes(),
+            format!(r#"{{"commands":[{{"request_id":"r1","zz":1,"shard_token":"a","zz":2}},{good}]}}"#).into_bytes(),
+            br#"{"commands":[{"request_id":"r1","shard_\u0074oken":"a","shard_token":"b"}]}"#.to_vec(),
+            // Bad UTF-8 in a key, in an ignored field, then a structural error after it.
+            b"{\"commands\":[{\"request_id\":\"r9\",\"k\xff\":1}]}".to_vec(),
+            b"{\"commands\":[{\"request_id\":\"r9\",\"x\":\"abcdefghij\xffk\"}]}".to_vec(),
+            b"{\"commands\":[{\"request_id\":\"r9\",\"x\":\"\xff\"},{\"a\":tru}]}".to_vec(),
+            // More unknown fields than the fast path compares.
+            format!(
+                r#"{{"commands":[{{{BASE},"jsonrpc":{{}},{}}}]}}"#,
+                (0..20).map(|k| format!("\"u{k}\":{k}")).collect::<Vec<_>>().join(",")
+            )
+            .into_bytes(),
+            // Batch shape after a structural check of the whole body.
+            format!(r#"{{"commands":[{good},{good},{good}],"x":[}}"#).into_bytes(),
+            format!(r#"{{"commands":[{good},{good},{good}]}}"#).into_bytes(),
+            format!(r#"{{"commands":[{good}],"commands":null}}"#).into_bytes(),
+            br#"{"comm\u0061nds":null}"#.to_vec(),
+            // An escaped key is compared after unescaping.
+            br#"{"commands":[{"request_\u0069d":"r1","shard_token":"s","jsonrpc":{}}]}"#.to_vec(),
+            br#"{"commands":nul}"#.to_vec(),
+            br#"{"commands":[[[[[1]]]]]}"#.to_vec(),
+        ];
+        let limits = PollLimits {
+            max_commands: 2,
+            ..lim()
+        };
+        for c in &cases {
+            assert_eq!(
+                decode_poll(c, &limits),
+                reference_decode_poll(c, &limits),
+                "{}",
+                String::from_utf8_lossy(c)
+            );
+        }
+        let v = decode_poll(&cases[0], &lim()).unwrap();
+        assert!(matches!(
+            &v[..],
+            [Decoded::Skipped { request_id: Some(id), reason: SkipReason::Json(JsonError::DuplicateKey(k)) }, Decoded::Command(_)]
+                if id == "r1" && k == "request_id"
+        ));
+        assert_eq!(
+            decode_poll(&cases[3], &lim()),
+            Ok(vec![Decoded::Skipped {
+                request_id: Some("r9".into()),
+                reason: SkipReason::Json(JsonError::InvalidUtf8 { offset: 21 })
+            }])
+        );
+        assert!(matches!(
+            decode_poll(&cases[6], &lim()).as_deref(),
+            Ok([Decoded::Command(_)])
+        ));
+        assert!(matches!(
+            decode_poll(&cases[11], &lim()).as_deref(),
+            Ok([Decoded::Command(c)]) if c.request_id == "r1"
+        ));
+        // Depth limits count from the body, on the fast path too.
+        for depth in 0..6 {
+            let l = PollLimits {
+                json: json::Limits {
+                    max_depth: depth,
+                    ..json::Limits::default()
+                },
+                ..lim()
+            };
+            let body = format!(r#"{{"commands":[{}]}}"#, rpc(r#","x":[[1]]"#));
+            assert_eq!(
+                decode_poll(body.as_bytes(), &l),
+                reference_decode_poll(body.as_bytes(), &l),
+                "depth {depth}"
+            );
+        }
+    }
+
+    #[test]
+    fn one_pass_matches_the_two_pass_reference_on_mutations() {
+        let samples = [
+            format!(
+                r#"{{"commands":[{},{{{BASE},"command_type":"session_termination","channel":"a","headers":{{"h":["v"]}}}}]}}"#,
+                rpc(r#","response_timeout":"5s","x":{"y":["\u00e9",null]}"#)
+            )
+            .into_bytes(),
+            format!(r#"{{"v":1,"commands":[{},5,{{}}],"z":"é"}}"#, rpc("")).into_bytes(),
+        ];
+        let limits = PollLimits {
+            max_commands: 3,
+            max_headers: 4,
+            max_header_bytes: 64,
+            json: json::Limits {
+                max_depth: 5,
+                ..json::Limits::default()
+            },
+            ..lim()
+        };
+        let mut rng = crate::proto::testutil::XorShift::new(0xdec0de);
+        for round in 0..6000 {
+            let input = rng.mutate(&samples[round % samples.len()]);
+            assert_eq!(
+                decode_poll(&input, &limits),
+                reference_decode_poll(&input, &limits),
+                "{}",
+                String::from_utf8_lossy(&input)
+            );
+        }
     }
 
     #[test]

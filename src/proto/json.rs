@@ -223,7 +223,7 @@ pub(crate) fn members<'a>(
 /// Keys up to this count are checked for duplicates by comparison.
 const LINEAR_KEYS: usize = 16;
 
-fn is_duplicate(
+pub(crate) fn is_duplicate(
     key: &str,
     out: &[(Cow<'_, str>, Range<usize>)],
     seen: &mut Option<HashSet<String>>,
@@ -241,6 +241,20 @@ pub(crate) fn elements(
     utf8: bool,
     max_items: usize,
 ) -> Result<Vec<Range<usize>>, JsonError> {
+    let mut out = Vec::new();
+    elements_into(bytes, limits, utf8, max_items, &mut out).map(|()| out)
+}
+
+/// [`elements`] into `out` (cleared first), so a caller reading many small
+/// arrays reuses one vector.
+pub(crate) fn elements_into(
+    bytes: &[u8],
+    limits: &Limits,
+    utf8: bool,
+    max_items: usize,
+    out: &mut Vec<Range<usize>>,
+) -> Result<(), JsonError> {
+    out.clear();
     if bytes.len() > limits.max_len {
         return Err(JsonError::TooLarge);
     }
@@ -254,10 +268,9 @@ pub(crate) fn elements(
         return Err(JsonError::TooDeep);
     }
     let inner_depth = limits.max_depth - 1;
-    let mut out = Vec::new();
     i = skip_ws(bytes, i + 1);
     if bytes.get(i) == Some(&b']') {
-        return expect_end(bytes, i + 1).map(|()| out);
+        return expect_end(bytes, i + 1);
     }
     loop {
         let vend = scan_value(bytes, i, inner_depth, utf8)?;
@@ -268,7 +281,7 @@ pub(crate) fn elements(
         i = skip_ws(bytes, vend);
         match bytes.get(i) {
             Some(b',') => i = skip_ws(bytes, i + 1),
-            Some(b']') => return expect_end(bytes, i + 1).map(|()| out),
+            Some(b']') => return expect_end(bytes, i + 1),
             None => return Err(JsonError::Truncated),
             Some(_) => {
                 return Err(JsonError::Syntax {
@@ -280,7 +293,7 @@ pub(crate) fn elements(
     }
 }
 
-fn truncate_key(mut key: String) -> String {
+pub(crate) fn truncate_key(mut key: String) -> String {
     if key.len() > MAX_KEY_IN_ERROR {
         let mut cut = MAX_KEY_IN_ERROR;
         while !key.is_char_boundary(cut) {
@@ -291,7 +304,7 @@ fn truncate_key(mut key: String) -> String {
     key
 }
 
-fn expect_end(bytes: &[u8], i: usize) -> Result<(), JsonError> {
+pub(crate) fn expect_end(bytes: &[u8], i: usize) -> Result<(), JsonError> {
     let j = skip_ws(bytes, i);
     if j == bytes.len() {
         Ok(())
@@ -303,7 +316,12 @@ fn expect_end(bytes: &[u8], i: usize) -> Result<(), JsonError> {
     }
 }
 
-fn expect_byte(bytes: &[u8], i: usize, want: u8, what: &'static str) -> Result<(), JsonError> {
+pub(crate) fn expect_byte(
+    bytes: &[u8],
+    i: usize,
+    want: u8,
+    what: &'static str,
+) -> Result<(), JsonError> {
     match bytes.get(i) {
         Some(&b) if b == want => Ok(()),
         None => Err(JsonError::Truncated),
@@ -518,32 +536,44 @@ fn digit_error(bytes: &[u8], i: usize) -> JsonError {
 
 /// Scan a string literal starting at the opening quote at `i`; returns the
 /// index just past the closing quote.
+///
+/// One pass: runs of plain ASCII are skipped a word at a time, and only the
+/// non-ASCII bytes are checked for UTF-8 (one sequence at a time, no second
+/// pass). A bad sequence is remembered rather than reported at once, so the
+/// error is the one a structural scan followed by a UTF-8 check of the run
+/// would give: a raw control character or the end of input still wins.
+#[inline]
 pub(crate) fn scan_string(bytes: &[u8], i: usize, utf8: bool) -> Result<usize, JsonError> {
     match bytes.get(i) {
         Some(b'"') => {}
         None => return Err(JsonError::Truncated),
         Some(_) => return Err(JsonError::NotAString),
     }
-    let mut j = i + 1;
-    let mut run_start = j;
+    let j = skip_plain(bytes, i + 1);
+    if bytes.get(j) == Some(&b'"') {
+        return Ok(j + 1);
+    }
+    scan_string_rest(bytes, j, utf8)
+}
+
+/// The rest of [`scan_string`] once a run of plain ASCII has ended on
+/// something other than the closing quote.
+fn scan_string_rest(bytes: &[u8], mut j: usize, utf8: bool) -> Result<usize, JsonError> {
+    // First byte of an invalid UTF-8 sequence in the current run, if any.
+    let mut bad_utf8: Option<usize> = None;
     loop {
-        j = skip_plain(bytes, j);
         let Some(&b) = bytes.get(j) else {
             return Err(JsonError::Truncated);
         };
         match b {
-            b'"' => {
-                if utf8 {
-                    check_utf8(bytes, run_start, j)?;
+            b'"' | b'\\' => {
+                if let Some(offset) = bad_utf8 {
+                    return Err(JsonError::InvalidUtf8 { offset });
                 }
-                return Ok(j + 1);
-            }
-            b'\\' => {
-                if utf8 {
-                    check_utf8(bytes, run_start, j)?;
+                if b == b'"' {
+                    return Ok(j + 1);
                 }
                 j = scan_escape(bytes, j)?;
-                run_start = j;
             }
             0x00..=0x1f => {
                 return Err(JsonError::Syntax {
@@ -551,52 +581,81 @@ pub(crate) fn scan_string(bytes: &[u8], i: usize, utf8: bool) -> Result<usize, J
                     what: "no raw control characters in strings",
                 })
             }
+            0x80..=0xff if utf8 && bad_utf8.is_none() => match utf8_len(bytes, j) {
+                Some(n) => j += n,
+                None => {
+                    bad_utf8 = Some(j);
+                    j += 1;
+                }
+            },
             _ => j += 1,
         }
+        j = skip_plain(bytes, j);
     }
+}
+
+/// Length of the well-formed UTF-8 sequence (RFC 3629: no overlongs, no
+/// surrogates, nothing past U+10FFFF) starting at the non-ASCII byte `i`.
+fn utf8_len(bytes: &[u8], i: usize) -> Option<usize> {
+    let cont = |k: usize| bytes.get(i + k).is_some_and(|&c| c & 0xc0 == 0x80);
+    let second = bytes.get(i + 1).copied().unwrap_or(0);
+    let (n, second_ok) = match bytes.get(i).copied().unwrap_or(0) {
+        0xc2..=0xdf => (2, (0x80..=0xbf).contains(&second)),
+        0xe0 => (3, (0xa0..=0xbf).contains(&second)),
+        0xe1..=0xec | 0xee..=0xef => (3, (0x80..=0xbf).contains(&second)),
+        0xed => (3, (0x80..=0x9f).contains(&second)),
+        0xf0 => (4, (0x90..=0xbf).contains(&second)),
+        0xf1..=0xf3 => (4, (0x80..=0xbf).contains(&second)),
+        0xf4 => (4, (0x80..=0x8f).contains(&second)),
+        _ => return None,
+    };
+    (second_ok && (2..n).all(cont)).then_some(n)
 }
 
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGHS: u64 = 0x8080_8080_8080_8080;
 
-/// Whether any byte of `w` is below `n` (n <= 128); exact for "any".
-fn any_below(w: u64, n: u8) -> bool {
-    w.wrapping_sub(ONES * u64::from(n)) & !w & HIGHS != 0
+/// High bit set in each byte of `w` that ends a plain run: a quote, a
+/// backslash, a control character or a non-ASCII byte. Exact for the lowest
+/// flagged byte (a borrow only spills upward from a byte that is itself
+/// flagged), which is all [`skip_plain`] uses.
+#[inline]
+fn stop_mask(w: u64) -> u64 {
+    let quote = w ^ (ONES * u64::from(b'"'));
+    let backslash = w ^ (ONES * u64::from(b'\\'));
+    let control = w.wrapping_sub(ONES * 0x20) & !w;
+    let quote = quote.wrapping_sub(ONES) & !quote;
+    let backslash = backslash.wrapping_sub(ONES) & !backslash;
+    (control | quote | backslash | w) & HIGHS
 }
 
-/// Whether any byte of `w` equals `b`.
-fn any_equal(w: u64, b: u8) -> bool {
-    any_below(w ^ (ONES * u64::from(b)), 1)
+/// Whether `b` ends a plain run (see [`stop_mask`]).
+#[inline]
+fn is_stop(b: u8) -> bool {
+    b == b'"' || b == b'\\' || !(0x20..0x80).contains(&b)
 }
 
-/// Index of the first byte at or after `j` that ends a run of plain string
-/// bytes (a quote, a backslash or a control character), or `bytes.len()`.
-/// Plain bytes are the bulk of every string: eight at a time, then one by one.
+/// Index of the first byte at or after `j` that ends a run of plain ASCII
+/// string bytes (see [`stop_mask`]), or `bytes.len()`. Plain bytes are the
+/// bulk of every string: eight at a time, then one by one.
+#[inline]
 fn skip_plain(bytes: &[u8], mut j: usize) -> usize {
     while let Some(chunk) = bytes.get(j..j + 8) {
         let mut word = [0u8; 8];
         word.copy_from_slice(chunk);
-        let w = u64::from_le_bytes(word);
-        if any_below(w, 0x20) || any_equal(w, b'"') || any_equal(w, b'\\') {
-            break;
+        let m = stop_mask(u64::from_le_bytes(word));
+        if m != 0 {
+            return j + (m.trailing_zeros() / 8) as usize;
         }
         j += 8;
     }
     while let Some(&b) = bytes.get(j) {
-        if b == b'"' || b == b'\\' || b < 0x20 {
+        if is_stop(b) {
             break;
         }
         j += 1;
     }
     j
-}
-
-fn check_utf8(bytes: &[u8], from: usize, to: usize) -> Result<(), JsonError> {
-    std::str::from_utf8(&bytes[from..to])
-        .map(|_| ())
-        .map_err(|e| JsonError::InvalidUtf8 {
-            offset: from + e.valid_up_to(),
-        })
 }
 
 /// Scan the escape at `i` (the backslash); returns the index after it.
@@ -669,7 +728,22 @@ pub fn parse_string(raw: &[u8]) -> Result<String, JsonError> {
             what: "end of string",
         });
     }
-    Ok(unescape(&raw[1..end - 1]))
+    Ok(scanned_str(&raw[1..end - 1]).into_owned())
+}
+
+/// The text of a string literal that a strict scan (UTF-8 checked) already
+/// accepted, such as a member value from [`members`] in strict mode: no
+/// second scan. `None` when `raw` is not a string literal.
+pub(crate) fn scanned_string(raw: &[u8]) -> Option<String> {
+    scanned_text(raw).map(Cow::into_owned)
+}
+
+/// [`scanned_string`], borrowed when the literal has no escapes.
+pub(crate) fn scanned_text(raw: &[u8]) -> Option<Cow<'_, str>> {
+    match raw {
+        [b'"', inner @ .., b'"'] => Some(scanned_str(inner)),
+        _ => None,
+    }
 }
 
 /// The inside of a scanned string literal as text: borrowed when it has no
@@ -772,22 +846,28 @@ pub fn is_object(raw: &[u8]) -> bool {
 }
 
 /// Append `s` as a JSON string literal (quotes + escapes) to `out`.
+/// Runs that need no escape (everything but quotes, backslashes and control
+/// characters; non-ASCII is copied as is) are found a word at a time.
 pub fn write_string(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.push(b'"');
     let bytes = s.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
     let mut run = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    loop {
+        let i = skip_unescaped(bytes, run);
+        out.extend_from_slice(&bytes[run..i]);
+        let Some(&b) = bytes.get(i) else {
+            break;
+        };
         let esc: &[u8] = match b {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
             b'\n' => b"\\n",
             b'\r' => b"\\r",
             b'\t' => b"\\t",
-            0x00..=0x1f => b"",
-            _ => continue,
+            _ => b"",
         };
-        out.extend_from_slice(&bytes[run..i]);
         if esc.is_empty() {
             out.extend_from_slice(b"\\u00");
             out.push(HEX[usize::from(b >> 4)]);
@@ -797,8 +877,41 @@ pub fn write_string(out: &mut Vec<u8>, s: &str) {
         }
         run = i + 1;
     }
-    out.extend_from_slice(&bytes[run..]);
     out.push(b'"');
+}
+
+/// High bit set in exactly the bytes of `w` that [`write_string`] escapes.
+/// Unlike [`stop_mask`] nothing carries between bytes (each byte's low
+/// seven bits plus at most 0x7f stays inside the byte), so non-ASCII bytes
+/// never flag a neighbour.
+#[inline]
+fn escape_mask(w: u64) -> u64 {
+    const LOW7: u64 = ONES * 0x7f;
+    let zero = |x: u64| !(((x & LOW7) + LOW7) | x);
+    let control = !(((w & LOW7) + ONES * 0x60) | w);
+    (zero(w ^ (ONES * u64::from(b'"'))) | zero(w ^ (ONES * u64::from(b'\\'))) | control) & HIGHS
+}
+
+/// Index of the first byte at or after `j` that [`write_string`] escapes
+/// (a quote, a backslash or a control character), or `bytes.len()`.
+fn skip_unescaped(bytes: &[u8], mut j: usize) -> usize {
+    while let Some(chunk) = bytes.get(j..j + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(word);
+        let m = escape_mask(w);
+        if m != 0 {
+            return j + (m.trailing_zeros() / 8) as usize;
+        }
+        j += 8;
+    }
+    while let Some(&b) = bytes.get(j) {
+        if b == b'"' || b == b'\\' || b < 0x20 {
+            break;
+        }
+        j += 1;
+    }
+    j
 }
 
 #[cfg(test)]
@@ -1059,6 +1172,56 @@ mod tests {
     }
 
     #[test]
+    fn write_string_escapes_exactly_what_the_byte_loop_would() {
+        let slow = |s: &str| {
+            let mut out = vec![b'"'];
+            for &b in s.as_bytes() {
+                match b {
+                    b'"' => out.extend_from_slice(b"\\\""),
+                    b'\\' => out.extend_from_slice(b"\\\\"),
+                    b'\n' => out.extend_from_slice(b"\\n"),
+                    b'\r' => out.extend_from_slice(b"\\r"),
+                    b'\t' => out.extend_from_slice(b"\\t"),
+                    0x00..=0x1f => out.extend_from_slice(format!("\\u{b:04x}").as_bytes()),
+                    _ => out.push(b),
+                }
+            }
+            out.push(b'"');
+            out
+        };
+        // Non-ASCII bytes whose low seven bits look like a quote, a backslash
+        // or a control character, next to the ones that really are.
+        let pieces = [
+            "a",
+            "abcdefgh",
+            "\"",
+            "\\",
+            "\n",
+            "\u{1}",
+            "\u{1f}",
+            " ",
+            "#",
+            "]",
+            "\u{7f}",
+            "\u{a2}",
+            "\u{dc}",
+            "\u{80}",
+            "\u{e9}",
+            "\u{1F600}",
+            "\u{9f}",
+        ];
+        let mut rng = crate::proto::testutil::XorShift::new(0x3a);
+        for _ in 0..20_000 {
+            let s: String = (0..rng.below(14))
+                .map(|_| pieces[rng.below(pieces.len())])
+                .collect();
+            let mut out = Vec::new();
+            write_string(&mut out, &s);
+            assert_eq!(out, slow(&s), "{s:?}");
+        }
+    }
+
+    #[test]
     fn write_string_round_trips() {
         for s in [
             "",
@@ -1128,7 +1291,7 @@ mod tests {
     #[test]
     fn skip_plain_stops_where_the_byte_loop_would() {
         let slow = |b: &[u8], mut j: usize| {
-            while j < b.len() && !(b[j] == b'"' || b[j] == b'\\' || b[j] < 0x20) {
+            while j < b.len() && !(b[j] == b'"' || b[j] == b'\\' || b[j] < 0x20 || b[j] >= 0x80) {
                 j += 1;
             }
             j
@@ -1140,7 +1303,7 @@ mod tests {
             for at in 0..20 {
                 for start in 0..3 {
                     let mut v = vec![b'a'; 24];
-                    v[17] = 0xc3; // a non-ASCII byte is plain too
+                    v[19] = 0xc3; // non-ASCII ends a plain run too
                     v[at] = stop;
                     assert_eq!(skip_plain(&v, start), slow(&v, start), "{stop:#x} at {at}");
                 }
@@ -1148,6 +1311,135 @@ mod tests {
         }
         assert_eq!(skip_plain(b"", 0), 0);
         assert_eq!(skip_plain(b"abc", 3), 3);
+    }
+
+    /// The string scanner before the one-pass rewrite: structure first, then
+    /// `str::from_utf8` over each run between escapes.
+    fn reference_scan_string(bytes: &[u8], i: usize, utf8: bool) -> Result<usize, JsonError> {
+        match bytes.get(i) {
+            Some(b'"') => {}
+            None => return Err(JsonError::Truncated),
+            Some(_) => return Err(JsonError::NotAString),
+        }
+        let (mut j, mut run) = (i + 1, i + 1);
+        loop {
+            let Some(&b) = bytes.get(j) else {
+                return Err(JsonError::Truncated);
+            };
+            match b {
+                b'"' | b'\\' => {
+                    if utf8 {
+                        std::str::from_utf8(&bytes[run..j]).map_err(|e| {
+                            JsonError::InvalidUtf8 {
+                                offset: run + e.valid_up_to(),
+                            }
+                        })?;
+                    }
+                    if b == b'"' {
+                        return Ok(j + 1);
+                    }
+                    j = scan_escape(bytes, j)?;
+                    run = j;
+                }
+                0x00..=0x1f => {
+                    return Err(JsonError::Syntax {
+                        offset: j,
+                        what: "no raw control characters in strings",
+                    })
+                }
+                _ => j += 1,
+            }
+        }
+    }
+
+    #[test]
+    fn string_scan_edge_cases() {
+        let plain = "abcdefghij"; // more than one word of plain bytes
+        let cases: Vec<Vec<u8>> = vec![
+            // Non-ASCII right after 8+ plain bytes, at and around word boundaries.
+            format!("\"{plain}\u{e9}\"").into_bytes(),
+            "\"12345678\u{20ac}x\"".as_bytes().to_vec(),
+            format!("\"1234567\u{1F600}{plain}\"").into_bytes(),
+            // Escapes exactly at a word boundary and straddling one.
+            b"\"12345678\\n12345678\"".to_vec(),
+            b"\"1234567\\u00e9abcdefgh\"".to_vec(),
+            b"\"123456\\ud83d\\ude00\"".to_vec(),
+            // Invalid UTF-8 inside a long plain run, and then a control byte.
+            b"\"abcdefghijkl\xffmnopqrstuvwxyz\"".to_vec(),
+            b"\"abcdefghijkl\xffmnop\nqrstuvwxyz\"".to_vec(),
+            b"\"abcdefgh\xe2\x82\"".to_vec(),
+            b"\"abcdefgh\xe2\x82\\n\"".to_vec(),
+            b"\"abcdefgh\xed\xa0\x80\"".to_vec(),
+            b"\"abcdefgh\xf4\x90\x80\x80\"".to_vec(),
+            b"\"abcdefgh\xc0\xaf\"".to_vec(),
+            b"\"abcdefgh\xf0\x9f\x98".to_vec(),
+            b"\"\x7f\x7f\x7f\x7f\x7f\x7f\x7f\x7f\x7f\"".to_vec(),
+            b"\"abcdefgh\x1f\"".to_vec(),
+        ];
+        for c in &cases {
+            for utf8 in [true, false] {
+                assert_eq!(
+                    scan_string(c, 0, utf8),
+                    reference_scan_string(c, 0, utf8),
+                    "{c:?} utf8={utf8}"
+                );
+            }
+        }
+        assert_eq!(
+            scan_string(&cases[0], 0, true),
+            Ok(cases[0].len()),
+            "é after a full word"
+        );
+        assert_eq!(
+            scan_string(&cases[6], 0, true),
+            Err(JsonError::InvalidUtf8 { offset: 13 })
+        );
+        assert_eq!(scan_string(&cases[6], 0, false), Ok(cases[6].len()));
+        // The control byte after the bad sequence is what a structural scan reports.
+        assert!(matches!(
+            scan_string(&cases[7], 0, true),
+            Err(JsonError::Syntax { offset: 18, .. })
+        ));
+    }
+
+    #[test]
+    fn string_scan_matches_the_two_pass_reference() {
+        let pieces: [&[u8]; 16] = [
+            b"a",
+            b"abcdefgh",
+            b"\xc3\xa9",
+            b"\xe2\x82\xac",
+            b"\xf0\x9f\x98\x80",
+            b"\xff",
+            b"\xc3",
+            b"\xed\xa0\x80",
+            b"\\n",
+            b"\\u00e9",
+            b"\\ud83d\\ude00",
+            b"\\ud800",
+            b"\\q",
+            b"\n",
+            b"\"",
+            b"\x7f ~",
+        ];
+        let mut rng = crate::proto::testutil::XorShift::new(0x57a1);
+        for _ in 0..20_000 {
+            let mut s = vec![b'"'];
+            let n = rng.below(12);
+            for _ in 0..n {
+                s.extend_from_slice(pieces[rng.below(pieces.len())]);
+            }
+            if rng.below(4) != 0 {
+                s.push(b'"');
+            }
+            for utf8 in [true, false] {
+                assert_eq!(
+                    scan_string(&s, 0, utf8),
+                    reference_scan_string(&s, 0, utf8),
+                    "{s:?} utf8={utf8}"
+                );
+            }
+        }
     }
 
     #[test]
