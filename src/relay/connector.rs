@@ -236,19 +236,21 @@ fn start(
     let mut ex = Exchange::new(hub.clone(), &req, tunnel_id, channel_name);
     let tunnel_id = ex.record.tunnel.as_str();
     let (cred, auth_is_relay_key) = credential(&req);
-    let principal = match hub.authorize_on(
+    let who = hub.authorize_with(
         memo,
         cred,
         req.client_cert.as_deref(),
         tunnel_id,
         Role::Connector,
-    ) {
-        Ok(p) => p,
+        |p| (p.keyless, p.org_id.clone(), p.key_id.clone()),
+    );
+    let (keyless, org, key_id) = match who {
+        Ok(w) => w,
         Err(e) => return Err(ex.fail(e.status(), e.code(), e.message())),
     };
-    let auth_is_relay_key = strip_authorization(&req, principal.keyless, auth_is_relay_key);
-    ex.record.org = principal.org_id;
-    ex.record.key_id = principal.key_id;
+    let auth_is_relay_key = strip_authorization(&req, keyless, auth_is_relay_key);
+    ex.record.org = org;
+    ex.record.key_id = key_id;
     let channel = match Channel::parse(channel_name) {
         Ok(c) => c,
         Err(e) => return Err(ex.fail(400, "invalid_channel_format", &format!("channel: {e}"))),

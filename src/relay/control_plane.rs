@@ -177,7 +177,11 @@ fn instance_of(req: &Request, key_id: &str) -> String {
                 && v.len() <= MAX_INSTANCE_ID
                 && v.bytes().all(|b| b.is_ascii_graphic()) =>
         {
-            format!("{key_id}/{v}")
+            let mut s = String::with_capacity(key_id.len() + 1 + v.len());
+            s.push_str(key_id);
+            s.push('/');
+            s.push_str(v);
+            s
         }
         _ => key_id.to_string(),
     }
@@ -283,14 +287,15 @@ pub fn poll(
     // The state the key was checked against; re-checked after a wake-up only
     // when a reload replaced it (hashing the key again costs ~9k instructions).
     let checked = hub.state();
-    let principal = match hub.authorize_on(
+    let instance = match hub.authorize_with(
         memo,
         credential(&req),
         req.client_cert.as_deref(),
         &tunnel_id,
         Role::Runtime,
+        |p| instance_of(&req, &p.key_id),
     ) {
-        Ok(p) => p,
+        Ok(i) => i,
         Err(e) => return ready(error(hub, ep, e.status(), e.code(), e.message())),
     };
     let q = match parse_poll_query(req.uri.query(), hub.settings.poll_timeout_max) {
@@ -303,7 +308,6 @@ pub fn poll(
         Err(msg) => return ready(error(hub, ep, 400, "invalid_server_info", &msg)),
     };
     let filter = (!q.channels.is_empty()).then_some(q.channels);
-    let instance = instance_of(&req, &principal.key_id);
     let started = Instant::now();
     let deadline = Deadline::after(started, q.timeout).at();
     let batch = {
@@ -351,12 +355,13 @@ pub fn poll(
             // meanwhile: both arrive as a new state.
             let current = hub.state();
             if !Rc::ptr_eq(&current, &checked) {
-                if let Err(e) = hub.authorize_on(
+                if let Err(e) = hub.authorize_with(
                     &memo,
                     credential(&req),
                     req.client_cert.as_deref(),
                     &tunnel_id,
                     Role::Runtime,
+                    |_| (),
                 ) {
                     return error(&hub, ep, e.status(), e.code(), e.message());
                 }
@@ -436,12 +441,13 @@ enum Answered {
 fn answer(hub: &Hub, req: &mut Request, tunnel_id: &str, memo: &ConnMemo) -> Answered {
     let ep = Endpoint::Response;
     let fail = |status, code, msg: &str| Answered::Now(error(hub, ep, status, code, msg));
-    if let Err(e) = hub.authorize_on(
+    if let Err(e) = hub.authorize_with(
         memo,
         credential(req),
         req.client_cert.as_deref(),
         tunnel_id,
         Role::Runtime,
+        |_| (),
     ) {
         return fail(e.status(), e.code(), e.message());
     }
