@@ -453,7 +453,8 @@ fn answer(hub: &Hub, req: &mut Request, tunnel_id: &str, memo: &ConnMemo) -> Ans
     }
     let Some(token) = header(&req.headers, names::X_TUNNEL_SHARD_TOKEN).filter(|t| !t.is_empty())
     else {
-        return fail(400,
+        return fail(
+            400,
             "missing_shard_token",
             "X-Tunnel-Shard-Token is required: echo the command's shard_token",
         );
@@ -467,27 +468,18 @@ fn answer(hub: &Hub, req: &mut Request, tunnel_id: &str, memo: &ConnMemo) -> Ans
         Err(e) => return fail(400, e.code(), &e.to_string()),
     };
     if !(200..=599).contains(&decoded.resp_code) {
-        return fail(400,
-            "invalid_resp_code",
-            "resp_code must be 200..599",
-        );
+        return fail(400, "invalid_resp_code", "resp_code must be 200..599");
     }
     if let Some(c) = &decoded.channel {
         if let Err(e) = Channel::parse(c) {
-            return fail(400,
-                "invalid_channel_format",
-                &format!("channel: {e}"),
-            );
+            return fail(400, "invalid_channel_format", &format!("channel: {e}"));
         }
     }
     let kind = post_kind(decoded.resp_type);
     let body = decoded.resp_json.clone().and_then(|r| req.body.get(r));
     let has_body = body.is_some();
     if kind == PostKind::Notify && body.is_none() {
-        return fail(400,
-            "missing_resp_json",
-            "jsonrpc_notify needs resp_json",
-        );
+        return fail(400, "missing_resp_json", "jsonrpc_notify needs resp_json");
     }
     let check_id = |expected: &[u8]| match body {
         None => true,

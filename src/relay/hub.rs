@@ -145,7 +145,14 @@ impl Hub {
         tunnel_id: &str,
         role: Role,
     ) -> Result<Principal, AuthError> {
-        self.authorize_with(memo, credential, client_cert, tunnel_id, role, Principal::clone)
+        self.authorize_with(
+            memo,
+            credential,
+            client_cert,
+            tunnel_id,
+            role,
+            Principal::clone,
+        )
     }
 
     /// [`Hub::authorize_on`] handing the principal to `f` instead of

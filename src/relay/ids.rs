@@ -48,7 +48,11 @@ impl Stream {
         // Every key seals exactly one block, so the all-zero nonce never
         // repeats under a key. The tag authenticates nothing here: dropped.
         let _tag = sealer
-            .seal_in_place_separate_tag(Nonce::assume_unique_for_key([0; 12]), Aad::empty(), &mut out)
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key([0; 12]),
+                Aad::empty(),
+                &mut out,
+            )
             .map_err(|_| RandomError)?;
         let mut next = [0u8; KEY];
         next.copy_from_slice(&out[..KEY]);
@@ -85,13 +89,14 @@ pub fn random_hex<const N: usize>(prefix: &str) -> Result<String, RandomError> {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut bytes = [0u8; N];
     fill(&mut bytes)?;
-    let mut s = String::with_capacity(prefix.len() + 2 * N);
-    s.push_str(prefix);
+    let mut s = Vec::with_capacity(prefix.len() + 2 * N);
+    s.extend_from_slice(prefix.as_bytes());
     for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 15)]));
+        s.push(DIGITS[usize::from(b >> 4)]);
+        s.push(DIGITS[usize::from(b & 15)]);
     }
-    Ok(s)
+    // A str prefix and ASCII digits: always UTF-8.
+    String::from_utf8(s).map_err(|_| RandomError)
 }
 
 /// A multiply-rotate hasher (FxHash's mixing, 8 bytes at a time) for maps

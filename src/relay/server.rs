@@ -484,7 +484,10 @@ mod tests {
         let id = |s: &str| s.to_string();
         assert_eq!(route_of("/v1/tunnels/t1"), Route::Metadata(id("t1")));
         assert_eq!(route_of("/v1/tunnels/t1/poll"), Route::Poll(id("t1")));
-        assert_eq!(route_of("/v1/tunnels/t1/response"), Route::Response(id("t1")));
+        assert_eq!(
+            route_of("/v1/tunnels/t1/response"),
+            Route::Response(id("t1"))
+        );
         assert_eq!(route_of("/v1/mcp/t1"), Route::Mcp(id("t1"), None));
         assert_eq!(route_of("/v1/mcp/t1/"), Route::Mcp(id("t1"), None));
         assert_eq!(
