@@ -21,7 +21,11 @@ pub fn key(channel: &str, session: Option<&str>) -> Option<String> {
     if session.len() > MAX_SESSION_ID || session.contains('\n') {
         return None;
     }
-    Some(format!("{channel}\n{session}"))
+    let mut key = String::with_capacity(channel.len() + 1 + session.len());
+    key.push_str(channel);
+    key.push('\n');
+    key.push_str(session);
+    Some(key)
 }
 
 #[derive(Debug)]

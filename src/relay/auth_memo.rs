@@ -47,13 +47,26 @@ impl AuthMemo {
         tunnel_id: &str,
         role: Role,
     ) -> Option<Principal> {
+        self.recall_ref(generation, credential, client_cert, tunnel_id, role)
+            .cloned()
+    }
+
+    /// [`AuthMemo::recall`] without the copy.
+    pub fn recall_ref(
+        &self,
+        generation: u64,
+        credential: Option<&str>,
+        client_cert: Option<&[u8]>,
+        tunnel_id: &str,
+        role: Role,
+    ) -> Option<&Principal> {
         let v = self.last.as_ref()?;
         let same = v.generation == generation
             && v.role == role
             && v.tunnel_id == tunnel_id
             && v.client_cert.as_deref() == client_cert
             && keys::constant_time_eq(&v.credential, credential.unwrap_or("").as_bytes());
-        same.then(|| v.principal.clone())
+        same.then_some(&v.principal)
     }
 
     /// Keeps a successful verdict, replacing the previous one.

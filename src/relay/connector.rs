@@ -20,6 +20,7 @@
 //! answer within the response timeout; on a stream already started: a final
 //! `-32603` event with `tunnel_failure.source = "timeout"`).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::time::{Instant, SystemTime};
@@ -59,12 +60,12 @@ struct Exchange {
 }
 
 impl Exchange {
-    fn new(hub: Rc<Hub>, req: &Request, tunnel: &str, channel: &str) -> Exchange {
+    fn new(hub: Rc<Hub>, req: &Request, tunnel: String, channel: &str) -> Exchange {
         Exchange {
             hub,
             started: Instant::now(),
             record: AuditRecord {
-                tunnel: tunnel.to_string(),
+                tunnel,
                 channel: channel.to_string(),
                 http_method: req.method.as_str().chars().take(16).collect(),
                 bytes_in: req.body.len() as u64,
@@ -163,47 +164,104 @@ fn method_not_allowed() -> Response {
     .with_header("Allow", "POST, DELETE")
 }
 
-/// `/v1/mcp/{tunnel}[/{channel}]`.
-pub async fn handle(
-    hub: Rc<Hub>,
+/// `/v1/mcp/{tunnel}[/{channel}]`: everything up to the enqueued command
+/// happens now; what is boxed is only the wait for the agent's posts.
+pub fn handle(
+    hub: &Rc<Hub>,
     req: Request,
     tunnel_id: String,
     channel: Option<String>,
-    memo: Rc<ConnMemo>,
-) -> Response {
+    memo: &ConnMemo,
+) -> Pin<Box<dyn Future<Output = Response>>> {
+    match start(hub, req, tunnel_id, channel, memo) {
+        Ok(w) => Box::pin(async move {
+            let Waiting {
+                mut ex,
+                answers,
+                deadline,
+                rpc_id,
+                wants_sse,
+            } = w;
+            loop {
+                match next_post(&ex.hub, &answers, deadline).await {
+                    None => {
+                        return ex.fail(
+                            504,
+                            "tunnel_timeout",
+                            "the tunnel client did not answer in time",
+                        )
+                    }
+                    Some(post) if post.kind == PostKind::Notify => {
+                        if wants_sse {
+                            return start_stream(ex, answers, deadline, rpc_id, post);
+                        }
+                        // A JSON-only client gets the final answer alone.
+                    }
+                    Some(post) => {
+                        let r = final_response(post);
+                        ex.finish(r.status, None, body_len(&r.body));
+                        return r;
+                    }
+                }
+            }
+        }),
+        Err(r) => Box::pin(std::future::ready(r)),
+    }
+}
+
+/// A command enqueued, waiting for the agent's posts.
+struct Waiting {
+    ex: Exchange,
+    answers: Receiver<Post>,
+    deadline: Instant,
+    rpc_id: Option<Vec<u8>>,
+    wants_sse: bool,
+}
+
+/// Authorization, validation and the enqueue; `Err` is the answer already.
+fn start(
+    hub: &Rc<Hub>,
+    mut req: Request,
+    tunnel_id: String,
+    channel: Option<String>,
+    memo: &ConnMemo,
+) -> Result<Waiting, Response> {
     let method = req.method.as_str();
     if method != "POST" && method != "DELETE" {
         hub.metrics
             .count(Endpoint::Connector, 405, "method_not_allowed");
-        return method_not_allowed();
+        return Err(method_not_allowed());
     }
     let channel_name = channel.as_deref().unwrap_or("main");
-    let mut ex = Exchange::new(hub.clone(), &req, &tunnel_id, channel_name);
+    let mut ex = Exchange::new(hub.clone(), &req, tunnel_id, channel_name);
+    let tunnel_id = ex.record.tunnel.as_str();
     let (cred, auth_is_relay_key) = credential(&req);
-    let principal = match hub.authorize_on(
-        &memo,
+    let who = hub.authorize_with(
+        memo,
         cred,
         req.client_cert.as_deref(),
-        &tunnel_id,
+        tunnel_id,
         Role::Connector,
-    ) {
-        Ok(p) => p,
-        Err(e) => return ex.fail(e.status(), e.code(), e.message()),
+        |p| (p.keyless, p.org_id.clone(), p.key_id.clone()),
+    );
+    let (keyless, org, key_id) = match who {
+        Ok(w) => w,
+        Err(e) => return Err(ex.fail(e.status(), e.code(), e.message())),
     };
-    let auth_is_relay_key = strip_authorization(&req, principal.keyless, auth_is_relay_key);
-    ex.record.org = principal.org_id.clone();
-    ex.record.key_id = principal.key_id.clone();
+    let auth_is_relay_key = strip_authorization(&req, keyless, auth_is_relay_key);
+    ex.record.org = org;
+    ex.record.key_id = key_id;
     let channel = match Channel::parse(channel_name) {
         Ok(c) => c,
-        Err(e) => return ex.fail(400, "invalid_channel_format", &format!("channel: {e}")),
+        Err(e) => return Err(ex.fail(400, "invalid_channel_format", &format!("channel: {e}"))),
     };
     let limits = Limits {
         max_len: hub.settings.max_body,
         ..Limits::default()
     };
-    let payload = match payload(&req, &limits, &mut ex.record) {
+    let payload = match payload(&mut req, &limits, &mut ex.record) {
         Ok(p) => p,
-        Err((code, msg)) => return ex.fail(400, code, &msg),
+        Err((code, msg)) => return Err(ex.fail(400, code, &msg)),
     };
     let headers = command_headers_from_client(
         req.headers
@@ -218,7 +276,7 @@ pub async fn handle(
         Payload::Request { id, .. } => Some(id.clone()),
         _ => None,
     };
-    let enqueued = hub.queue(&tunnel_id).enqueue(
+    let enqueued = hub.queue(&ex.record.tunnel).enqueue(
         NewCommand {
             channel: channel.as_str().to_string(),
             headers,
@@ -230,40 +288,24 @@ pub async fn handle(
     );
     let ticket = match enqueued {
         Ok(t) => t,
-        Err(e) => return ex.fail(e.status(), e.code(), &e.to_string()),
+        Err(e) => return Err(ex.fail(e.status(), e.code(), &e.to_string())),
     };
     Metrics::add(&hub.metrics.commands_enqueued, 1);
-    ex.record.request_id = Some(ticket.request_id.clone());
+    ex.record.request_id = Some(ticket.request_id);
     let wants_sse = accepts_sse(&req) && rpc_id.is_some();
-    drop(req);
-    loop {
-        match next_post(&hub, &ticket.answers, deadline).await {
-            None => {
-                return ex.fail(
-                    504,
-                    "tunnel_timeout",
-                    "the tunnel client did not answer in time",
-                )
-            }
-            Some(post) if post.kind == PostKind::Notify => {
-                if wants_sse {
-                    return start_stream(ex, ticket.answers, deadline, rpc_id, post);
-                }
-                // A JSON-only client gets the final answer alone.
-            }
-            Some(post) => {
-                let r = final_response(post);
-                ex.finish(r.status, None, body_len(&r.body));
-                return r;
-            }
-        }
-    }
+    Ok(Waiting {
+        ex,
+        answers: ticket.answers,
+        deadline,
+        rpc_id,
+        wants_sse,
+    })
 }
 
 /// What the agent must do for this request; a refusal is a 400 with its code.
 /// Fills in the audit record's method and tool name.
 fn payload(
-    req: &Request,
+    req: &mut Request,
     limits: &Limits,
     record: &mut AuditRecord,
 ) -> Result<Payload, (&'static str, String)> {
@@ -286,12 +328,14 @@ fn payload(
     if info.method.as_deref() == Some("tools/call") {
         record.tool = info.tool_name.clone();
     }
-    let body = Rc::new(req.body.clone());
-    Ok(match (info.kind, info.id_bytes(&req.body)) {
-        (MessageKind::Request, Some(id)) => Payload::Request {
-            id: id.to_vec(),
-            body,
-        },
+    let id = match (info.kind, info.id_bytes(&req.body)) {
+        (MessageKind::Request, Some(id)) => Some(id.to_vec()),
+        _ => None,
+    };
+    // The request is not needed after this: its body moves into the command.
+    let body = Rc::new(std::mem::take(&mut req.body));
+    Ok(match id {
+        Some(id) => Payload::Request { id, body },
         // Notifications and the client's answers to server requests: 202 after the ack.
         _ => Payload::Notification { body },
     })

@@ -14,6 +14,8 @@
 //!   is not its own: the agent that holds the command is not the caller); `404
 //!   pending_request_not_found` (unknown, undelivered, answered, cancelled, expired).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -23,7 +25,7 @@ use smol::future;
 
 use super::hub::{bearer_of, error_response, header, names, Hub};
 use super::metrics::{Endpoint, Metrics};
-use super::queue::{Post, PostError, PostKind};
+use super::queue::{Outgoing, Post, PostError, PostKind};
 use super::state::Role;
 use crate::net::http_server::{ConnMemo, Request, Response};
 use crate::proto::channel::Channel;
@@ -175,7 +177,11 @@ fn instance_of(req: &Request, key_id: &str) -> String {
                 && v.len() <= MAX_INSTANCE_ID
                 && v.bytes().all(|b| b.is_ascii_graphic()) =>
         {
-            format!("{key_id}/{v}")
+            let mut s = String::with_capacity(key_id.len() + 1 + v.len());
+            s.push_str(key_id);
+            s.push('/');
+            s.push_str(v);
+            s
         }
         _ => key_id.to_string(),
     }
@@ -184,14 +190,14 @@ fn instance_of(req: &Request, key_id: &str) -> String {
 /// Keeps the agent counted as connected for exactly the life of the poll.
 struct Polling<'h> {
     hub: &'h Hub,
-    tunnel: String,
-    instance: String,
+    tunnel: &'h str,
+    instance: &'h str,
 }
 
 impl Drop for Polling<'_> {
     fn drop(&mut self) {
         self.hub
-            .poll_ended(&self.tunnel, &self.instance, Instant::now());
+            .poll_ended(self.tunnel, self.instance, Instant::now());
     }
 }
 
@@ -222,130 +228,161 @@ impl Drop for WakeUp<'_> {
     }
 }
 
-/// `GET /v1/tunnels/{id}/poll`.
-pub async fn poll(hub: Rc<Hub>, req: Request, tunnel_id: String, memo: Rc<ConnMemo>) -> Response {
+/// The answer to a poll that found commands: `{"commands":[…]}`.
+fn deliver(hub: &Hub, batch: &[Outgoing]) -> Response {
+    Metrics::add(&hub.metrics.commands_delivered, batch.len() as u64);
+    let timeouts: Vec<String> = batch
+        .iter()
+        // Whole milliseconds: readable, and never longer than what is left.
+        .map(|c| {
+            let ms = u64::try_from(c.response_timeout.as_millis()).unwrap_or(u64::MAX);
+            format_response_timeout(Duration::from_millis(ms))
+        })
+        .collect();
+    let out: Vec<CommandOut<'_>> = batch
+        .iter()
+        .zip(&timeouts)
+        .map(|(c, t)| CommandOut {
+            request_id: &c.request_id,
+            shard_token: &c.shard_token,
+            command_type: c.command_type,
+            channel: &c.channel,
+            created_at: &c.created_at,
+            response_timeout: Some(t),
+            headers: &c.headers,
+            jsonrpc: c.jsonrpc.as_deref().map(Vec::as_slice),
+        })
+        .collect();
+    // Sized for the whole answer up front: grown from empty it is
+    // reallocated a handful of times per poll.
+    let size: usize = batch
+        .iter()
+        .map(|c| {
+            let headers: usize = c
+                .headers
+                .iter()
+                .map(|(n, vs)| n.len() + vs.iter().map(|v| v.len() + 8).sum::<usize>() + 8)
+                .sum();
+            384 + c.jsonrpc.as_ref().map_or(0, |b| b.len()) + headers
+        })
+        .sum();
+    let mut body = Vec::with_capacity(size.saturating_add(16));
+    encode_poll(&out, &mut body);
+    hub.metrics.count(Endpoint::Poll, 200, "");
+    Response::json(200, body)
+}
+
+/// `GET /v1/tunnels/{id}/poll`. Checks and the first look at the queue happen
+/// now; only a poll that has to park is boxed as a future.
+pub fn poll(
+    hub: &Rc<Hub>,
+    req: Request,
+    tunnel_id: String,
+    memo: &Rc<ConnMemo>,
+) -> Pin<Box<dyn Future<Output = Response>>> {
     let ep = Endpoint::Poll;
+    let ready = |r: Response| -> Pin<Box<dyn Future<Output = Response>>> {
+        Box::pin(std::future::ready(r))
+    };
     // The state the key was checked against; re-checked after a wake-up only
     // when a reload replaced it (hashing the key again costs ~9k instructions).
-    let mut checked = hub.state();
-    let principal = match hub.authorize_on(
-        &memo,
+    let checked = hub.state();
+    let instance = match hub.authorize_with(
+        memo,
         credential(&req),
         req.client_cert.as_deref(),
         &tunnel_id,
         Role::Runtime,
+        |p| instance_of(&req, &p.key_id),
     ) {
-        Ok(p) => p,
-        Err(e) => return error(&hub, ep, e.status(), e.code(), e.message()),
+        Ok(i) => i,
+        Err(e) => return ready(error(hub, ep, e.status(), e.code(), e.message())),
     };
     let q = match parse_poll_query(req.uri.query(), hub.settings.poll_timeout_max) {
         Ok(q) => q,
-        Err((code, msg)) => return error(&hub, ep, 400, code, &msg),
+        Err((code, msg)) => return ready(error(hub, ep, 400, code, &msg)),
     };
     // Channels served: the poll's filter, else what the agent declares, else any.
-    let affinity = match check_server_info(&hub, &req) {
+    let affinity = match check_server_info(hub, &req) {
         Ok(a) => a,
-        Err(msg) => return error(&hub, ep, 400, "invalid_server_info", &msg),
+        Err(msg) => return ready(error(hub, ep, 400, "invalid_server_info", &msg)),
     };
-    let filter = (!q.channels.is_empty()).then(|| q.channels.clone());
-    let instance = instance_of(&req, &principal.key_id);
+    let filter = (!q.channels.is_empty()).then_some(q.channels);
     let started = Instant::now();
     let deadline = Deadline::after(started, q.timeout).at();
-    {
+    let batch = {
         let mut queue = hub.queue(&tunnel_id);
         queue.poll_started(&instance, filter.clone(), started);
         queue.set_affinity(&instance, affinity);
-    }
-    let _polling = Polling {
-        hub: &hub,
-        tunnel: tunnel_id.clone(),
-        instance: instance.clone(),
+        queue.take_for(q.limit, filter.as_deref(), Some(&instance), started)
     };
-    let mut wake = WakeUp {
-        hub: &hub,
-        tunnel: &tunnel_id,
-        parked: None,
-        owed: false,
-    };
-    loop {
-        let now = Instant::now();
-        let batch =
-            hub.queue(&tunnel_id)
-                .take_for(q.limit, filter.as_deref(), Some(&instance), now);
-        // Woken for a command that is gone (taken by another poll, cancelled):
-        // nothing to pass on.
-        wake.owed = false;
-        if !batch.is_empty() {
-            Metrics::add(&hub.metrics.commands_delivered, batch.len() as u64);
-            let timeouts: Vec<String> = batch
-                .iter()
-                // Whole milliseconds: readable, and never longer than what is left.
-                .map(|c| {
-                    let ms = u64::try_from(c.response_timeout.as_millis()).unwrap_or(u64::MAX);
-                    format_response_timeout(Duration::from_millis(ms))
-                })
-                .collect();
-            let out: Vec<CommandOut<'_>> = batch
-                .iter()
-                .zip(&timeouts)
-                .map(|(c, t)| CommandOut {
-                    request_id: &c.request_id,
-                    shard_token: &c.shard_token,
-                    command_type: c.command_type,
-                    channel: &c.channel,
-                    created_at: &c.created_at,
-                    response_timeout: Some(t),
-                    headers: &c.headers,
-                    jsonrpc: c.jsonrpc.as_deref().map(Vec::as_slice),
-                })
-                .collect();
-            // Sized for the whole answer up front: grown from empty it is
-            // reallocated a handful of times per poll.
-            let size: usize = batch
-                .iter()
-                .map(|c| {
-                    let headers: usize = c
-                        .headers
-                        .iter()
-                        .map(|(n, vs)| n.len() + vs.iter().map(|v| v.len() + 8).sum::<usize>() + 8)
-                        .sum();
-                    384 + c.jsonrpc.as_ref().map_or(0, |b| b.len()) + headers
-                })
-                .sum();
-            let mut body = Vec::with_capacity(size.saturating_add(16));
-            encode_poll(&out, &mut body);
-            hub.metrics.count(ep, 200, "");
-            return Response::json(200, body);
-        }
-        if hub.is_closing() || now >= deadline {
-            hub.metrics.count(ep, 204, "");
-            return Response::empty(204);
-        }
-        let parked = wake
-            .parked
-            .insert(hub.queue(&tunnel_id).park(&instance, filter.as_deref()));
-        let woken = future::or(async { parked.recv().await.is_ok() }, async {
-            hub.alarms.sleep_until(deadline).await;
-            false
-        })
-        .await;
-        wake.left_parking(woken);
-        // Whatever woke us, the key may have been revoked or the tunnel deleted
-        // meanwhile: both arrive as a new state.
-        let current = hub.state();
-        if !Rc::ptr_eq(&current, &checked) {
-            if let Err(e) = hub.authorize_on(
-                &memo,
-                credential(&req),
-                req.client_cert.as_deref(),
-                &tunnel_id,
-                Role::Runtime,
-            ) {
-                return error(&hub, ep, e.status(), e.code(), e.message());
+    if !batch.is_empty() || hub.is_closing() || started >= deadline {
+        hub.poll_ended(&tunnel_id, &instance, Instant::now());
+        return ready(match batch.is_empty() {
+            false => deliver(hub, &batch),
+            true => {
+                hub.metrics.count(ep, 204, "");
+                Response::empty(204)
             }
-            checked = current;
-        }
+        });
     }
+    let hub = hub.clone();
+    let memo = memo.clone();
+    Box::pin(async move {
+        let mut checked = checked;
+        let _polling = Polling {
+            hub: &hub,
+            tunnel: &tunnel_id,
+            instance: &instance,
+        };
+        let mut wake = WakeUp {
+            hub: &hub,
+            tunnel: &tunnel_id,
+            parked: None,
+            owed: false,
+        };
+        loop {
+            let parked = wake
+                .parked
+                .insert(hub.queue(&tunnel_id).park(&instance, filter.as_deref()));
+            let woken = future::or(async { parked.recv().await.is_ok() }, async {
+                hub.alarms.sleep_until(deadline).await;
+                false
+            })
+            .await;
+            wake.left_parking(woken);
+            // Whatever woke us, the key may have been revoked or the tunnel deleted
+            // meanwhile: both arrive as a new state.
+            let current = hub.state();
+            if !Rc::ptr_eq(&current, &checked) {
+                if let Err(e) = hub.authorize_with(
+                    &memo,
+                    credential(&req),
+                    req.client_cert.as_deref(),
+                    &tunnel_id,
+                    Role::Runtime,
+                    |_| (),
+                ) {
+                    return error(&hub, ep, e.status(), e.code(), e.message());
+                }
+                checked = current;
+            }
+            let now = Instant::now();
+            let batch =
+                hub.queue(&tunnel_id)
+                    .take_for(q.limit, filter.as_deref(), Some(&instance), now);
+            // Woken for a command that is gone (taken by another poll, cancelled):
+            // nothing to pass on.
+            wake.owed = false;
+            if !batch.is_empty() {
+                return deliver(&hub, &batch);
+            }
+            if hub.is_closing() || now >= deadline {
+                hub.metrics.count(ep, 204, "");
+                return Response::empty(204);
+            }
+        }
+    })
 }
 
 fn post_kind(t: RespType) -> PostKind {
@@ -367,28 +404,56 @@ fn post_error(hub: &Hub, e: &PostError) -> Response {
     )
 }
 
-/// `POST /v1/tunnels/{id}/response`.
-pub async fn respond(
-    hub: Rc<Hub>,
-    req: Request,
-    tunnel_id: String,
-    memo: Rc<ConnMemo>,
-) -> Response {
+/// `POST /v1/tunnels/{id}/response`. Only an answer that finds the
+/// client's stream backed up has to wait (and is boxed as a future).
+pub fn respond(
+    hub: &Rc<Hub>,
+    mut req: Request,
+    tunnel_id: &str,
+    memo: &ConnMemo,
+) -> Pin<Box<dyn Future<Output = Response>>> {
+    match answer(hub, &mut req, tunnel_id, memo) {
+        Answered::Now(r) => Box::pin(std::future::ready(r)),
+        Answered::Later(sender, post) => {
+            let hub = hub.clone();
+            Box::pin(async move {
+                // Back-pressure, not buffering: the agent's POST waits for room.
+                match sender.send(post).await {
+                    Ok(()) => ok_response(&hub),
+                    Err(_) => post_error(&hub, &PostError::NotFound),
+                }
+            })
+        }
+    }
+}
+
+fn ok_response(hub: &Hub) -> Response {
+    hub.metrics.count(Endpoint::Response, 200, "");
+    Response::json(200, br#"{"status":"ok"}"#.to_vec())
+}
+
+/// An answer post handled at once, or handed over once the client's stream has room.
+enum Answered {
+    Now(Response),
+    Later(smol::channel::Sender<Post>, Post),
+}
+
+fn answer(hub: &Hub, req: &mut Request, tunnel_id: &str, memo: &ConnMemo) -> Answered {
     let ep = Endpoint::Response;
-    if let Err(e) = hub.authorize_on(
-        &memo,
-        credential(&req),
+    let fail = |status, code, msg: &str| Answered::Now(error(hub, ep, status, code, msg));
+    if let Err(e) = hub.authorize_with(
+        memo,
+        credential(req),
         req.client_cert.as_deref(),
-        &tunnel_id,
+        tunnel_id,
         Role::Runtime,
+        |_| (),
     ) {
-        return error(&hub, ep, e.status(), e.code(), e.message());
+        return fail(e.status(), e.code(), e.message());
     }
     let Some(token) = header(&req.headers, names::X_TUNNEL_SHARD_TOKEN).filter(|t| !t.is_empty())
     else {
-        return error(
-            &hub,
-            ep,
+        return fail(
             400,
             "missing_shard_token",
             "X-Tunnel-Shard-Token is required: echo the command's shard_token",
@@ -400,38 +465,21 @@ pub async fn respond(
     };
     let decoded = match response::decode(&req.body, &limits) {
         Ok(d) => d,
-        Err(e) => return error(&hub, ep, 400, e.code(), &e.to_string()),
+        Err(e) => return fail(400, e.code(), &e.to_string()),
     };
     if !(200..=599).contains(&decoded.resp_code) {
-        return error(
-            &hub,
-            ep,
-            400,
-            "invalid_resp_code",
-            "resp_code must be 200..599",
-        );
+        return fail(400, "invalid_resp_code", "resp_code must be 200..599");
     }
     if let Some(c) = &decoded.channel {
         if let Err(e) = Channel::parse(c) {
-            return error(
-                &hub,
-                ep,
-                400,
-                "invalid_channel_format",
-                &format!("channel: {e}"),
-            );
+            return fail(400, "invalid_channel_format", &format!("channel: {e}"));
         }
     }
     let kind = post_kind(decoded.resp_type);
     let body = decoded.resp_json.clone().and_then(|r| req.body.get(r));
+    let has_body = body.is_some();
     if kind == PostKind::Notify && body.is_none() {
-        return error(
-            &hub,
-            ep,
-            400,
-            "missing_resp_json",
-            "jsonrpc_notify needs resp_json",
-        );
+        return fail(400, "missing_resp_json", "jsonrpc_notify needs resp_json");
     }
     let check_id = |expected: &[u8]| match body {
         None => true,
@@ -444,7 +492,7 @@ pub async fn respond(
             Err(_) => false,
         },
     };
-    let routed = hub.queue(&tunnel_id).route(
+    let routed = hub.queue(tunnel_id).route(
         &decoded.request_id,
         token,
         decoded.channel.as_deref(),
@@ -453,7 +501,7 @@ pub async fn respond(
     );
     let sender = match routed {
         Ok(s) => s,
-        Err(e) => return post_error(&hub, &e),
+        Err(e) => return Answered::Now(post_error(hub, &e)),
     };
     let headers: Vec<(String, Vec<String>)> = response_allowlist(
         decoded
@@ -461,25 +509,31 @@ pub async fn respond(
             .iter()
             .flat_map(|(n, vs)| vs.iter().map(move |v| (n.as_str(), v.as_str()))),
     );
+    // The answer's bytes are a slice of the request body: cut it out in
+    // place instead of copying it.
+    let body = match (has_body, decoded.resp_json.clone()) {
+        (true, Some(r)) => {
+            let mut b = std::mem::take(&mut req.body);
+            b.truncate(r.end);
+            b.drain(..r.start);
+            Some(b)
+        }
+        _ => None,
+    };
     let post = Post {
         kind,
         code: decoded.resp_code,
         headers,
-        body: body.map(<[u8]>::to_vec),
+        body,
     };
     // Usually there is room and the hand-over is immediate, so a POST dropped
     // midway cannot lose an answer already taken off the pending map. Otherwise
-    // wait while the client's stream is backed up: back-pressure, not buffering.
-    let delivered = match sender.try_send(post) {
-        Ok(()) => true,
-        Err(TrySendError::Full(post)) => sender.send(post).await.is_ok(),
-        Err(TrySendError::Closed(_)) => false,
-    };
-    if !delivered {
-        return post_error(&hub, &PostError::NotFound);
+    // wait while the client's stream is backed up.
+    match sender.try_send(post) {
+        Ok(()) => Answered::Now(ok_response(hub)),
+        Err(TrySendError::Full(post)) => Answered::Later(sender, post),
+        Err(TrySendError::Closed(_)) => Answered::Now(post_error(hub, &PostError::NotFound)),
     }
-    hub.metrics.count(ep, 200, "");
-    Response::json(200, br#"{"status":"ok"}"#.to_vec())
 }
 
 #[cfg(test)]

@@ -34,6 +34,7 @@ use super::alarms::Alarms;
 use super::audit::AuditLog;
 use super::auth::{self, AuthError, Principal};
 use super::auth_memo::AuthMemo;
+use super::ids::IdHash;
 use super::keys;
 use super::metrics::{Metrics, TunnelGauges};
 use super::queue::{QueueConfig, TunnelQueue};
@@ -74,7 +75,7 @@ pub struct Hub {
     state: RefCell<Rc<State>>,
     /// Bumped by every [`Hub::replace_state`]: what connection memos check.
     generation: Cell<u64>,
-    queues: RefCell<HashMap<String, TunnelQueue>>,
+    queues: RefCell<HashMap<String, TunnelQueue, IdHash>>,
     pub settings: Settings,
     pub audit: AuditLog,
     pub metrics: Metrics,
@@ -90,7 +91,7 @@ impl Hub {
         Rc::new(Hub {
             state: RefCell::new(Rc::new(state)),
             generation: Cell::new(0),
-            queues: RefCell::new(HashMap::new()),
+            queues: RefCell::new(HashMap::default()),
             settings,
             audit,
             metrics: Metrics::default(),
@@ -144,14 +145,35 @@ impl Hub {
         tunnel_id: &str,
         role: Role,
     ) -> Result<Principal, AuthError> {
+        self.authorize_with(
+            memo,
+            credential,
+            client_cert,
+            tunnel_id,
+            role,
+            Principal::clone,
+        )
+    }
+
+    /// [`Hub::authorize_on`] handing the principal to `f` instead of
+    /// copying it out (its strings are allocations).
+    pub fn authorize_with<R>(
+        &self,
+        memo: &ConnMemo,
+        credential: Option<&str>,
+        client_cert: Option<&[u8]>,
+        tunnel_id: &str,
+        role: Role,
+        f: impl FnOnce(&Principal) -> R,
+    ) -> Result<R, AuthError> {
         let generation = self.generation.get();
         memo.with(|m: &mut AuthMemo| {
-            if let Some(p) = m.recall(generation, credential, client_cert, tunnel_id, role) {
-                return Ok(p);
+            if let Some(p) = m.recall_ref(generation, credential, client_cert, tunnel_id, role) {
+                return Ok(f(p));
             }
             let p = self.authorize(credential, client_cert, tunnel_id, role)?;
             m.remember(generation, credential, client_cert, tunnel_id, role, &p);
-            Ok(p)
+            Ok(f(&p))
         })
     }
 
@@ -197,7 +219,7 @@ impl Hub {
         }
     }
 
-    pub fn queues(&self) -> Ref<'_, HashMap<String, TunnelQueue>> {
+    pub fn queues(&self) -> Ref<'_, HashMap<String, TunnelQueue, IdHash>> {
         self.queues.borrow()
     }
 

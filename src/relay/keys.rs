@@ -66,53 +66,6 @@ pub fn random_hex(prefix: &str, bytes: usize) -> Result<String, RandomError> {
     Ok(format!("{prefix}{}", hex(&buf)))
 }
 
-/// Random bytes drawn per thread from one OS read of `POOL` bytes, so that the
-/// ids every command needs (request id, shard token) do not cost a
-/// `getrandom` syscall each. Bytes are handed out once and wiped as they go.
-/// Key secrets keep their own direct read (`random_hex`).
-const POOL: usize = 512;
-
-struct RandomPool {
-    buf: [u8; POOL],
-    pos: usize,
-}
-
-thread_local! {
-    static RANDOM_POOL: std::cell::RefCell<RandomPool> =
-        const { std::cell::RefCell::new(RandomPool { buf: [0; POOL], pos: POOL }) };
-}
-
-/// Fills `out` (at most `POOL` bytes per call make sense; larger reads go
-/// straight to the OS) from the per-thread pool, refilling it when it runs dry.
-pub fn fill_random_pooled(out: &mut [u8]) -> Result<(), RandomError> {
-    if out.len() > POOL {
-        return fill_random(out);
-    }
-    RANDOM_POOL.with(|pool| {
-        let mut pool = pool.borrow_mut();
-        if POOL - pool.pos < out.len() {
-            fill_random(&mut pool.buf)?;
-            pool.pos = 0;
-        }
-        let (start, end) = (pool.pos, pool.pos + out.len());
-        out.copy_from_slice(&pool.buf[start..end]);
-        pool.buf[start..end].fill(0);
-        pool.pos = end;
-        Ok(())
-    })
-}
-
-/// `prefix` + hex of `N` random bytes from the per-thread pool: the ids made
-/// for every command.
-pub fn random_hex_pooled<const N: usize>(prefix: &str) -> Result<String, RandomError> {
-    let mut buf = [0u8; N];
-    fill_random_pooled(&mut buf)?;
-    let mut s = String::with_capacity(prefix.len() + 2 * N);
-    s.push_str(prefix);
-    s.push_str(&hex(&buf));
-    Ok(s)
-}
-
 /// A freshly generated key: the secret is shown once, the hash is stored.
 pub struct NewKey {
     pub id: String,
@@ -202,23 +155,6 @@ fn has_whitespace(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pooled_ids_are_distinct_across_refills_and_sized() {
-        let mut seen = std::collections::HashSet::new();
-        // Several refills of the pool: no id repeats, none is all zeros
-        // (wiped bytes must never be handed out again).
-        for _ in 0..(3 * POOL / 16) {
-            let id = random_hex_pooled::<16>("shard_").unwrap();
-            assert_eq!(id.len(), "shard_".len() + 32);
-            assert!(id.starts_with("shard_"));
-            assert_ne!(&id[6..], "0".repeat(32));
-            assert!(seen.insert(id));
-        }
-        let mut big = [0u8; POOL + 1];
-        fill_random_pooled(&mut big).unwrap();
-        assert!(big.iter().any(|&b| b != 0));
-    }
 
     #[test]
     fn generated_keys_are_distinct_and_hash_matches() {

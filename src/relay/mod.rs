@@ -26,6 +26,7 @@ pub mod cli;
 pub mod connector;
 pub mod control_plane;
 pub mod hub;
+pub mod ids;
 pub mod keys;
 pub mod metrics;
 pub mod queue;

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use smol::channel::{self, Receiver, Sender};
 
 use super::affinity::{self, Pins};
+use super::ids::{self, IdHash};
 use super::keys;
 
 /// How many answer posts (notifications) may wait for a slow client before the
@@ -242,7 +243,7 @@ pub struct Ticket {
 pub struct TunnelQueue {
     config: QueueConfig,
     waiting: VecDeque<String>,
-    entries: HashMap<String, Entry>,
+    entries: HashMap<String, Entry, IdHash>,
     agents: Vec<AgentSeen>,
     /// Long-polls parked until a command arrives, longest-parked first.
     parked: VecDeque<Parked>,
@@ -293,9 +294,8 @@ impl TunnelQueue {
         {
             return Err(EnqueueError::Full);
         }
-        let request_id = keys::random_hex_pooled::<12>("req_").map_err(|_| EnqueueError::Random)?;
-        let shard_token =
-            keys::random_hex_pooled::<16>("shard_").map_err(|_| EnqueueError::Random)?;
+        let request_id = ids::random_hex::<12>("req_").map_err(|_| EnqueueError::Random)?;
+        let shard_token = ids::random_hex::<16>("shard_").map_err(|_| EnqueueError::Random)?;
         let (tx, rx) = channel::bounded(POSTS_IN_FLIGHT);
         let session = cmd
             .headers

@@ -58,8 +58,7 @@ impl Handler for Router {
         req: Request,
         memo: &Rc<ConnMemo>,
     ) -> Pin<Box<dyn Future<Output = Response>>> {
-        let hub = self.hub.clone();
-        Box::pin(route(hub, req, memo.clone()))
+        route(&self.hub, req, memo)
     }
 
     fn max_body_bytes(&self, method: &http::Method, uri: &http::Uri) -> Option<usize> {
@@ -71,6 +70,7 @@ impl Handler for Router {
 }
 
 /// Where a request goes; ids are copied out of the path so the request can move on.
+#[derive(Debug, PartialEq, Eq)]
 enum Route {
     Metadata(String),
     Poll(String),
@@ -81,11 +81,28 @@ enum Route {
 }
 
 fn route_of(path: &str) -> Route {
-    // At most five segments matter; a sixth means no route (as a longer slice did).
-    let mut it = path.split('/').skip(1);
-    let segs = [it.next(), it.next(), it.next(), it.next(), it.next()];
-    if it.next().is_some() {
-        return Route::NotFound;
+    // At most five segments matter; a sixth means no route. Split by bytes:
+    // `/` is ASCII, so every cut is a char boundary.
+    let mut segs: [Option<&str>; 5] = [None; 5];
+    let mut n = 0;
+    let mut rest = match path.strip_prefix('/') {
+        Some(r) => r,
+        None => return Route::NotFound,
+    };
+    loop {
+        let (seg, more) = match rest.bytes().position(|b| b == b'/') {
+            Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+            None => (rest, None),
+        };
+        if n == segs.len() {
+            return Route::NotFound;
+        }
+        segs[n] = Some(seg);
+        n += 1;
+        match more {
+            Some(m) => rest = m,
+            None => break,
+        }
     }
     match segs {
         [Some("v1"), Some("tunnels"), Some(id), None, None] => Route::Metadata(id.into()),
@@ -102,27 +119,39 @@ fn route_of(path: &str) -> Route {
     }
 }
 
-async fn route(hub: Rc<Hub>, req: Request, memo: Rc<ConnMemo>) -> Response {
+/// An answer known without waiting.
+fn ready(r: Response) -> Pin<Box<dyn Future<Output = Response>>> {
+    Box::pin(std::future::ready(r))
+}
+
+/// Each handler does its synchronous part here and boxes only what must wait
+/// (a parked poll, a connector waiting for its answer): one allocation sized
+/// for that wait, instead of one future as large as the largest route.
+fn route(
+    hub: &Rc<Hub>,
+    req: Request,
+    memo: &Rc<ConnMemo>,
+) -> Pin<Box<dyn Future<Output = Response>>> {
     let get = req.method == http::Method::GET || req.method == http::Method::HEAD;
     let post = req.method == http::Method::POST;
     match route_of(req.uri.path()) {
-        Route::Metadata(id) => match get {
-            true => control_plane::metadata(&hub, &req, &id),
-            false => not_allowed(&hub, "GET"),
-        },
+        Route::Metadata(id) => ready(match get {
+            true => control_plane::metadata(hub, &req, &id),
+            false => not_allowed(hub, "GET"),
+        }),
         Route::Poll(id) => match get {
-            true => control_plane::poll(hub, req, id, memo).await,
-            false => not_allowed(&hub, "GET"),
+            true => control_plane::poll(hub, req, id, memo),
+            false => ready(not_allowed(hub, "GET")),
         },
         Route::Response(id) => match post {
-            true => control_plane::respond(hub, req, id, memo).await,
-            false => not_allowed(&hub, "POST"),
+            true => control_plane::respond(hub, req, &id, memo),
+            false => ready(not_allowed(hub, "POST")),
         },
-        Route::Mcp(id, channel) => connector::handle(hub, req, id, channel, memo).await,
-        Route::Healthz => Response::json(200, br#"{"status":"ok"}"#.to_vec()),
+        Route::Mcp(id, channel) => connector::handle(hub, req, id, channel, memo),
+        Route::Healthz => ready(Response::json(200, br#"{"status":"ok"}"#.to_vec())),
         Route::NotFound => {
             hub.metrics.count(Endpoint::Other, 404, "not_found");
-            error_response(404, "not_found", "no such endpoint")
+            ready(error_response(404, "not_found", "no such endpoint"))
         }
     }
 }
@@ -443,5 +472,36 @@ pub fn run(cfg: ServeConfig, out: &mut dyn Write) -> i32 {
             eprintln!("mcp-tunnel relay: {e}");
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        let id = |s: &str| s.to_string();
+        assert_eq!(route_of("/v1/tunnels/t1"), Route::Metadata(id("t1")));
+        assert_eq!(route_of("/v1/tunnels/t1/poll"), Route::Poll(id("t1")));
+        assert_eq!(
+            route_of("/v1/tunnels/t1/response"),
+            Route::Response(id("t1"))
+        );
+        assert_eq!(route_of("/v1/mcp/t1"), Route::Mcp(id("t1"), None));
+        assert_eq!(route_of("/v1/mcp/t1/"), Route::Mcp(id("t1"), None));
+        assert_eq!(
+            route_of("/v1/mcp/t1/docs"),
+            Route::Mcp(id("t1"), Some(id("docs")))
+        );
+        assert_eq!(route_of("/v1/mcp/t1/docs/"), Route::NotFound);
+        assert_eq!(route_of("/v1/mcp/t1/a/b"), Route::NotFound);
+        assert_eq!(route_of("/v1/tunnels/t1/poll/x"), Route::NotFound);
+        assert_eq!(route_of("/healthz"), Route::Healthz);
+        assert_eq!(route_of("/healthz/"), Route::NotFound);
+        assert_eq!(route_of("/"), Route::NotFound);
+        assert_eq!(route_of(""), Route::NotFound);
+        assert_eq!(route_of("/v1/tunnels/"), Route::Metadata(id("")));
+        assert_eq!(route_of("/v1/tunnels/é/poll"), Route::Poll(id("é")));
     }
 }
