@@ -49,6 +49,7 @@ Keys are stored only as hashes: save them now. Refuses an existing state (exit 2
 
 const TUNNEL_USAGE: &str = "\
 usage: mcp-tunnel relay tunnel create      --state DIR [--name NAME] [--description TEXT] [--org ORG_ID]
+                                           [--agent-auth MODE] [--connector-auth MODE]
        mcp-tunnel relay tunnel list        --state DIR
        mcp-tunnel relay tunnel delete      --state DIR TUNNEL_ID
        mcp-tunnel relay tunnel set         --state DIR TUNNEL_ID [--agent-auth MODE] [--connector-auth MODE]
@@ -493,10 +494,10 @@ fn tunnel(p: &mut lexopt::Parser, out: &mut dyn Write) -> Run {
                     }
                 };
             }
-            Long("agent-auth") if action == "set" => {
+            Long("agent-auth") if matches!(action.as_str(), "set" | "create") => {
                 agent_auth = Some(auth_mode_value(p, "agent-auth")?)
             }
-            Long("connector-auth") if action == "set" => {
+            Long("connector-auth") if matches!(action.as_str(), "set" | "create") => {
                 connector_auth = Some(auth_mode_value(p, "connector-auth")?)
             }
             Long("description") if action == "create" => {
@@ -521,7 +522,10 @@ fn tunnel(p: &mut lexopt::Parser, out: &mut dyn Write) -> Run {
     }
     let dir = state_dir(state)?;
     Ok(match action.as_str() {
-        "create" => tunnel_create(out, &dir, name, description, org),
+        "create" => {
+            let modes = [(Role::Runtime, agent_auth), (Role::Connector, connector_auth)];
+            tunnel_create(out, &dir, name, description, org, modes)
+        }
         "list" => list(out, &dir, |s| {
             s.tunnels
                 .iter()
@@ -546,18 +550,10 @@ fn tunnel(p: &mut lexopt::Parser, out: &mut dyn Write) -> Run {
                 ));
             }
             change(&dir, |s| {
-                let t = tunnel_mut(s, &id)?;
-                for (role, mode) in [(Role::Runtime, agent_auth), (Role::Connector, connector_auth)] {
-                    if let Some(mode) = mode {
-                        t.set_auth_mode(role, mode);
-                        if mode.needs_cert() && t.cert_names(role).is_empty() {
-                            eprintln!(
-                                "mcp-tunnel relay: note: no certificate names are bound for {} on {id} yet: every such caller is refused until `relay tunnel bind-cert`",
-                                role.as_str()
-                            );
-                        }
-                    }
-                }
+                set_auth_modes(
+                    tunnel_mut(s, &id)?,
+                    [(Role::Runtime, agent_auth), (Role::Connector, connector_auth)],
+                );
                 Ok(())
             })
             .map(|()| Outcome::Done)
@@ -633,6 +629,23 @@ fn tunnel(p: &mut lexopt::Parser, out: &mut dyn Write) -> Run {
     })
 }
 
+/// Sets the modes given; a mode that needs a certificate while none is bound
+/// gets a note, since it refuses every such caller until one is.
+fn set_auth_modes(t: &mut Tunnel, modes: [(Role, Option<AuthMode>); 2]) {
+    for (role, mode) in modes {
+        if let Some(mode) = mode {
+            t.set_auth_mode(role, mode);
+            if mode.needs_cert() && t.cert_names(role).is_empty() {
+                eprintln!(
+                    "mcp-tunnel relay: note: no certificate names are bound for {} on {} yet: every such caller is refused until `relay tunnel bind-cert`",
+                    role.as_str(),
+                    t.id
+                );
+            }
+        }
+    }
+}
+
 fn tunnel_mut<'s>(s: &'s mut State, id: &str) -> Result<&'s mut Tunnel, String> {
     s.tunnels
         .iter_mut()
@@ -646,19 +659,22 @@ fn tunnel_create(
     name: Option<String>,
     description: Option<String>,
     org: Option<String>,
+    modes: [(Role, Option<AuthMode>); 2],
 ) -> Result<Outcome, i32> {
     let id = keys::random_alnum("tunnel_", 32).map_err(fail)?;
     let created = now();
     let tunnel_id = change(dir, |s| {
         let org_id = pick_org(s, org.as_deref())?;
-        s.tunnels.push(Tunnel {
+        let mut t = Tunnel {
             id: id.clone(),
             org_id,
             name: name.unwrap_or_default(),
             description: description.unwrap_or_default(),
             created_at: created,
             ..Default::default()
-        });
+        };
+        set_auth_modes(&mut t, modes);
+        s.tunnels.push(t);
         Ok(id)
     })?;
     print_line(out, &json::to_string(&TunnelCreated { tunnel_id }))?;
@@ -1246,6 +1262,23 @@ mod tests {
         assert_eq!(ok(&["tunnel", "set", &t, "--agent-auth", "key"]), 0);
         let s = StateDir::new(&d).load().unwrap();
         assert_eq!(s.tunnels[0].agent_auth, None, "key is stored as absent");
+        // A tunnel can be created with its modes at once.
+        let (c, out) = run_v(with(&[
+            "tunnel",
+            "create",
+            "--agent-auth",
+            "cert",
+            "--connector-auth",
+            "key+cert",
+        ]));
+        assert_eq!(c, 0, "{out}");
+        let (_, list) = run_v(with(&["tunnel", "list"]));
+        let created = list
+            .lines()
+            .find(|l| !l.contains(t.as_str()))
+            .unwrap_or_default();
+        assert!(created.contains(r#""agent_auth":"cert""#), "{list}");
+        assert!(created.contains(r#""connector_auth":"key+cert""#), "{list}");
         let unknown = format!("tunnel_{}", "0".repeat(32));
         assert_eq!(ok(&["tunnel", "bind-cert", &unknown, "--name", "x"]), 1);
         for bad in [
@@ -1255,6 +1288,7 @@ mod tests {
             &["tunnel", "bind-cert", "tunnel_x", "--name", "x"],
             &["tunnel", "set", &t],
             &["tunnel", "set", &t, "--agent-auth", "password"],
+            &["tunnel", "create", "--connector-auth", "password"],
             &["tunnel", "list", &t],
         ] {
             assert_eq!(ok(bad), 2, "{bad:?}");
