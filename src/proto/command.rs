@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use super::channel::Channel;
 use super::headers::{is_valid_name, is_valid_value};
-use super::json::{self, JsonError, Mode};
+use super::json::{self, After, JsonError, Mode};
 use super::timeout::{parse_response_timeout, TimeoutError};
 
 /// Most members we look at in one command object or the poll object; a real
@@ -400,19 +400,11 @@ fn poll_batch(body: &[u8], limits: &PollLimits) -> Result<Batch, JsonError> {
             )));
         }
         keys.push((key, vstart..vend));
-        i = json::skip_ws(body, vend);
-        match body.get(i) {
-            Some(b',') => i = json::skip_ws(body, i + 1),
-            Some(b'}') => {
-                json::expect_end(body, i + 1)?;
+        match json::after_value(body, vend, b'}')? {
+            After::Next(next) => i = next,
+            After::Closed(end) => {
+                json::expect_end(body, end)?;
                 return Ok(batch);
-            }
-            None => return Err(JsonError::Truncated),
-            Some(_) => {
-                return Err(JsonError::Syntax {
-                    offset: i,
-                    what: "',' or '}'",
-                })
             }
         }
     }
@@ -455,18 +447,10 @@ fn commands_value(
             out.push(decoded);
             end
         };
-        j = json::skip_ws(body, end);
-        match body.get(j) {
-            Some(b',') => j = json::skip_ws(body, j + 1),
-            Some(b']') if too_many => return Ok((j + 1, Batch::TooMany)),
-            Some(b']') => return Ok((j + 1, Batch::Commands(out))),
-            None => return Err(JsonError::Truncated),
-            Some(_) => {
-                return Err(JsonError::Syntax {
-                    offset: j,
-                    what: "',' or ']'",
-                })
-            }
+        match json::after_value(body, end, b']')? {
+            After::Next(next) => j = next,
+            After::Closed(end) if too_many => return Ok((end, Batch::TooMany)),
+            After::Closed(end) => return Ok((end, Batch::Commands(out))),
         }
     }
 }
@@ -594,17 +578,9 @@ fn command_fields(
             }
             None => unknown.push(key),
         }
-        j = json::skip_ws(body, vend);
-        match body.get(j) {
-            Some(b',') => j = json::skip_ws(body, j + 1),
-            Some(b'}') => return Ok(Some((j + 1, fields))),
-            None => return Err(JsonError::Truncated),
-            Some(_) => {
-                return Err(JsonError::Syntax {
-                    offset: j,
-                    what: "',' or '}'",
-                })
-            }
+        match json::after_value(body, vend, b'}')? {
+            After::Next(next) => j = next,
+            After::Closed(end) => return Ok(Some((end, fields))),
         }
     }
 }

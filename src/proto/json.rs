@@ -205,17 +205,9 @@ pub(crate) fn members<'a>(
             return Err(JsonError::DuplicateKey(truncate_key(key.into_owned())));
         }
         out.push((key, vstart..vend));
-        i = skip_ws(bytes, vend);
-        match bytes.get(i) {
-            Some(b',') => i = skip_ws(bytes, i + 1),
-            Some(b'}') => return expect_end(bytes, i + 1).map(|()| out),
-            None => return Err(JsonError::Truncated),
-            Some(_) => {
-                return Err(JsonError::Syntax {
-                    offset: i,
-                    what: "',' or '}'",
-                })
-            }
+        match after_value(bytes, vend, b'}')? {
+            After::Next(next) => i = next,
+            After::Closed(end) => return expect_end(bytes, end).map(|()| out),
         }
     }
 }
@@ -278,17 +270,9 @@ pub(crate) fn elements_into(
             return Err(JsonError::TooManyItems { max: max_items });
         }
         out.push(i..vend);
-        i = skip_ws(bytes, vend);
-        match bytes.get(i) {
-            Some(b',') => i = skip_ws(bytes, i + 1),
-            Some(b']') => return expect_end(bytes, i + 1),
-            None => return Err(JsonError::Truncated),
-            Some(_) => {
-                return Err(JsonError::Syntax {
-                    offset: i,
-                    what: "',' or ']'",
-                })
-            }
+        match after_value(bytes, vend, b']')? {
+            After::Next(next) => i = next,
+            After::Closed(end) => return expect_end(bytes, end),
         }
     }
 }
@@ -302,6 +286,33 @@ pub(crate) fn truncate_key(mut key: String) -> String {
         key.truncate(cut);
     }
     key
+}
+
+/// What follows a member or element inside an object or array.
+pub(crate) enum After {
+    /// A comma: the next member or element starts here (whitespace skipped).
+    Next(usize),
+    /// The closing `}` or `]`: the container ends just before this offset.
+    Closed(usize),
+}
+
+/// Reads what follows a value that ends at `end` inside a container closed
+/// by `close` (`b'}'` or `b']'`).
+pub(crate) fn after_value(bytes: &[u8], end: usize, close: u8) -> Result<After, JsonError> {
+    let i = skip_ws(bytes, end);
+    match bytes.get(i) {
+        Some(b',') => Ok(After::Next(skip_ws(bytes, i + 1))),
+        Some(&c) if c == close => Ok(After::Closed(i + 1)),
+        None => Err(JsonError::Truncated),
+        Some(_) => Err(JsonError::Syntax {
+            offset: i,
+            what: if close == b'}' {
+                "',' or '}'"
+            } else {
+                "',' or ']'"
+            },
+        }),
+    }
 }
 
 pub(crate) fn expect_end(bytes: &[u8], i: usize) -> Result<(), JsonError> {

@@ -8,7 +8,7 @@
 
 use std::ops::Range;
 
-use super::json::{self, JsonError, Mode};
+use super::json::{self, After, JsonError, Mode};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MessageKind {
@@ -173,19 +173,11 @@ fn scan_message(msg: &[u8], limits: &json::Limits) -> Result<Option<Parts>, Json
             None if unknown.len() >= FAST_UNKNOWN_KEYS => return Ok(None),
             None => unknown.push(key),
         }
-        i = json::skip_ws(msg, vend);
-        match msg.get(i) {
-            Some(b',') => i = json::skip_ws(msg, i + 1),
-            Some(b'}') => {
-                json::expect_end(msg, i + 1)?;
+        match json::after_value(msg, vend, b'}')? {
+            After::Next(next) => i = next,
+            After::Closed(end) => {
+                json::expect_end(msg, end)?;
                 return Ok(Some(parts));
-            }
-            None => return Err(JsonError::Truncated),
-            Some(_) => {
-                return Err(JsonError::Syntax {
-                    offset: i,
-                    what: "',' or '}'",
-                })
             }
         }
     }
@@ -237,10 +229,9 @@ fn scan_params(msg: &[u8], i: usize, depth_left: usize) -> Result<(usize, Target
                 _ => {}
             }
         }
-        j = json::skip_ws(msg, vend);
-        match msg.get(j) {
-            Some(b',') => j = json::skip_ws(msg, j + 1),
-            Some(b'}') => {
+        match json::after_value(msg, vend, b'}')? {
+            After::Next(next) => j = next,
+            After::Closed(end) => {
                 let targets = if rescan {
                     Targets::Rescan
                 } else if duplicates {
@@ -248,14 +239,7 @@ fn scan_params(msg: &[u8], i: usize, depth_left: usize) -> Result<(usize, Target
                 } else {
                     Targets::Found { name, uri }
                 };
-                return Ok((j + 1, targets));
-            }
-            None => return Err(JsonError::Truncated),
-            Some(_) => {
-                return Err(JsonError::Syntax {
-                    offset: j,
-                    what: "',' or '}'",
-                })
+                return Ok((end, targets));
             }
         }
     }

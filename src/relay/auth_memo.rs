@@ -46,19 +46,6 @@ impl AuthMemo {
         client_cert: Option<&[u8]>,
         tunnel_id: &str,
         role: Role,
-    ) -> Option<Principal> {
-        self.recall_ref(generation, credential, client_cert, tunnel_id, role)
-            .cloned()
-    }
-
-    /// [`AuthMemo::recall`] without the copy.
-    pub fn recall_ref(
-        &self,
-        generation: u64,
-        credential: Option<&str>,
-        client_cert: Option<&[u8]>,
-        tunnel_id: &str,
-        role: Role,
     ) -> Option<&Principal> {
         let v = self.last.as_ref()?;
         let same = v.generation == generation
@@ -134,7 +121,7 @@ mod tests {
         );
         assert_eq!(
             m.recall(1, Some("mtk_a"), None, t, Role::Runtime),
-            Some(principal("key_a"))
+            Some(&principal("key_a"))
         );
         // Another key, none, a longer or shorter one: checked afresh.
         assert_eq!(m.recall(1, Some("mtk_b"), None, t, Role::Runtime), None);
@@ -164,7 +151,7 @@ mod tests {
         assert_eq!(m.recall(1, Some("mtk_a"), None, t, Role::Runtime), None);
         assert_eq!(
             m.recall(1, Some("mtk_b"), None, t, Role::Runtime),
-            Some(principal("key_b"))
+            Some(&principal("key_b"))
         );
         m.remember(
             3,
@@ -177,7 +164,7 @@ mod tests {
         assert_eq!(m.recall(3, None, None, t, Role::Runtime), None);
         assert_eq!(
             m.recall(3, None, Some(b"der"), t, Role::Runtime),
-            Some(principal("cert:x"))
+            Some(&principal("cert:x"))
         );
     }
 }

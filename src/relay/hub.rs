@@ -168,7 +168,7 @@ impl Hub {
     ) -> Result<R, AuthError> {
         let generation = self.generation.get();
         memo.with(|m: &mut AuthMemo| {
-            if let Some(p) = m.recall_ref(generation, credential, client_cert, tunnel_id, role) {
+            if let Some(p) = m.recall(generation, credential, client_cert, tunnel_id, role) {
                 return Ok(f(p));
             }
             let p = self.authorize(credential, client_cert, tunnel_id, role)?;
