@@ -352,21 +352,10 @@ enum Batch {
 /// The top-level object of a poll body; `Err` is a structural problem of the
 /// whole body (or its own duplicate keys / member count).
 fn poll_batch(body: &[u8], limits: &PollLimits) -> Result<Batch, JsonError> {
-    let max_depth = limits.json.max_depth;
-    let mut i = json::skip_ws(body, 0);
-    match body.get(i) {
-        Some(b'{') => {}
-        None => return Err(JsonError::Truncated),
-        Some(_) => return Err(JsonError::NotAnObject),
-    }
-    if max_depth == 0 {
-        return Err(JsonError::TooDeep);
-    }
-    let inner_depth = max_depth - 1;
+    let (mut i, inner_depth) = json::open_object(body, limits.json.max_depth)?;
     let mut keys: json::Members<'_> = Vec::new();
     let mut seen = None;
     let mut batch = Batch::Missing;
-    i = json::skip_ws(body, i + 1);
     if body.get(i) == Some(&b'}') {
         json::expect_end(body, i + 1)?;
         return Ok(batch);

@@ -166,21 +166,11 @@ pub(crate) fn members<'a>(
     if bytes.len() > limits.max_len {
         return Err(JsonError::TooLarge);
     }
-    let mut i = skip_ws(bytes, 0);
-    match bytes.get(i) {
-        Some(b'{') => {}
-        None => return Err(JsonError::Truncated),
-        Some(_) => return Err(JsonError::NotAnObject),
-    }
-    if limits.max_depth == 0 {
-        return Err(JsonError::TooDeep);
-    }
-    let inner_depth = limits.max_depth - 1;
+    let (mut i, inner_depth) = open_object(bytes, limits.max_depth)?;
     let mut out: Members<'a> = Vec::new();
     // Objects here have a handful of keys: comparing with the ones already
     // read is cheaper than hashing; big objects switch to a set.
     let mut seen: Option<HashSet<String>> = None;
-    i = skip_ws(bytes, i + 1);
     if bytes.get(i) == Some(&b'}') {
         return expect_end(bytes, i + 1).map(|()| out);
     }
@@ -286,6 +276,19 @@ pub(crate) fn truncate_key(mut key: String) -> String {
         key.truncate(cut);
     }
     key
+}
+
+/// Opens the top-level object of `bytes`: where its first member (or its
+/// `}`) starts, and the depth left for member values.
+pub(crate) fn open_object(bytes: &[u8], max_depth: usize) -> Result<(usize, usize), JsonError> {
+    let i = skip_ws(bytes, 0);
+    match bytes.get(i) {
+        Some(b'{') => {}
+        None => return Err(JsonError::Truncated),
+        Some(_) => return Err(JsonError::NotAnObject),
+    }
+    let inner_depth = max_depth.checked_sub(1).ok_or(JsonError::TooDeep)?;
+    Ok((skip_ws(bytes, i + 1), inner_depth))
 }
 
 /// What follows a member or element inside an object or array.

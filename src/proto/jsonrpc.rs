@@ -121,19 +121,9 @@ fn scan_message(msg: &[u8], limits: &json::Limits) -> Result<Option<Parts>, Json
     if msg.len() > limits.max_len {
         return Err(JsonError::TooLarge);
     }
-    let mut i = json::skip_ws(msg, 0);
-    match msg.get(i) {
-        Some(b'{') => {}
-        None => return Err(JsonError::Truncated),
-        Some(_) => return Err(JsonError::NotAnObject),
-    }
-    if limits.max_depth == 0 {
-        return Err(JsonError::TooDeep);
-    }
-    let inner_depth = limits.max_depth - 1;
+    let (mut i, inner_depth) = json::open_object(msg, limits.max_depth)?;
     let mut parts = Parts::default();
     let mut unknown: Vec<&[u8]> = Vec::new();
-    i = json::skip_ws(msg, i + 1);
     if msg.get(i) == Some(&b'}') {
         json::expect_end(msg, i + 1)?;
         return Ok(Some(parts));
