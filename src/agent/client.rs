@@ -1,7 +1,6 @@
 //! The outbound HTTP clients (ureq agents): pooled keep-alive connections,
 //! rustls with ring, trust, client certificate and proxy from `agent::edge`.
 
-use std::cell::RefCell;
 use std::io::Read;
 use std::time::Duration;
 
@@ -99,29 +98,19 @@ pub fn agents_per_target(
 /// Bodies up to this size are read to the end to keep the connection.
 const MAX_DRAIN: u64 = 64 * 1024;
 
-thread_local! {
-    /// Where drained bytes go: zeroed once per thread, not per response.
-    static SINK: RefCell<[u8; 4096]> = const { RefCell::new([0; 4096]) };
-}
-
 /// Reads a small body to the end so the connection can go back to the pool;
 /// a bigger one is left unread (ureq then closes the connection).
 pub fn drain(resp: &mut ureq::http::Response<ureq::Body>) {
     let mut reader = resp.body_mut().as_reader().take(MAX_DRAIN);
-    SINK.with(|sink| {
-        let mut small = [0u8; 256];
-        // Borrowed only here; a nested drain (there is none) would use `small`.
-        let mut held = sink.try_borrow_mut();
-        let buf: &mut [u8] = match held.as_deref_mut() {
-            Ok(b) => b,
-            Err(_) => &mut small,
-        };
-        while let Ok(n) = reader.read(buf) {
-            if n == 0 {
-                break;
-            }
+    // Small: it is zeroed on every call, and what is drained is mostly a
+    // post's `{"status":"ok"}`. A failed read leaves the connection to
+    // ureq, which then closes it.
+    let mut sink = [0u8; 512];
+    while let Ok(n) = reader.read(&mut sink) {
+        if n == 0 {
+            break;
         }
-    });
+    }
 }
 
 /// A request URL parsed once, with the `Host` header ureq would otherwise
