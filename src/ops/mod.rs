@@ -1,5 +1,6 @@
-//! Operations: logging, health, metrics.
+//! Operations: logging, health, metrics, the allocator.
 
+pub mod heap;
 pub mod log;
 pub mod pidfile;
 pub mod prom;
