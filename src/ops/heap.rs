@@ -19,20 +19,31 @@
 //! class's layout, so a block can be freed to the system at any time: the
 //! caches are an optimisation only, bounded at 8 × 7 × 4 KiB = 224 KiB.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
 use std::cell::{Cell, UnsafeCell};
 use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+/// Where blocks come from. Tests swap in an allocator that checks every
+/// block goes back with exactly the layout it was allocated with (`System`
+/// ignores the layout on free, so a mismatch would go unnoticed).
+#[cfg(not(test))]
+const BACKEND: std::alloc::System = std::alloc::System;
+#[cfg(test)]
+const BACKEND: layout_check::Checked = layout_check::Checked;
 
 /// Size classes: 16, 32, …, 1024 bytes.
 const CLASSES: usize = 7;
 const MIN_CLASS_SHIFT: u32 = 4;
 const MAX_SMALL: usize = 16 << (CLASSES - 1);
-/// Alignment of every small block (what the system allocator gives anyway).
+/// Alignment of every small block: what malloc gives on 64-bit targets (on
+/// armv7 a class block from the system goes through `posix_memalign`).
 const SMALL_ALIGN: usize = 16;
 /// Bytes a shard keeps per class: 256 blocks of 16 bytes, 4 of 1 KiB.
 const CACHE_BYTES_PER_CLASS: usize = 4096;
 const SHARDS: usize = 8;
+// `counts` are u16: a class's cap (up to 4096 / 16 = 256 blocks) must fit.
+const _: () = assert!(CACHE_BYTES_PER_CLASS / (1 << MIN_CLASS_SHIFT) <= u16::MAX as usize);
 
 /// A cached block's first word points at the next one.
 struct Block {
@@ -60,7 +71,9 @@ impl Shard {
         &self,
         f: impl FnOnce(&mut [*mut Block; CLASSES], &mut [u16; CLASSES]) -> R,
     ) -> Option<R> {
-        if self.locked.swap(true, Ordering::Acquire) {
+        // A plain load first: a held lock is not written to (and its cache
+        // line not taken from the holder) by a thread that will go elsewhere.
+        if self.locked.load(Ordering::Relaxed) || self.locked.swap(true, Ordering::Acquire) {
             return None;
         }
         // SAFETY: `locked` gives this thread sole access until it is cleared.
@@ -158,7 +171,7 @@ fn class_cap(class: usize) -> u16 {
 unsafe impl GlobalAlloc for ShardedHeap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let Some(class) = class_of(layout) else {
-            return unsafe { System.alloc(layout) };
+            return unsafe { BACKEND.alloc(layout) };
         };
         let cached = self.shard().try_with(|heads, counts| {
             let block = heads[class];
@@ -171,14 +184,14 @@ unsafe impl GlobalAlloc for ShardedHeap {
         });
         match cached {
             Some(block) if !block.is_null() => block.cast(),
-            _ => unsafe { System.alloc(class_layout(class)) },
+            _ => unsafe { BACKEND.alloc(class_layout(class)) },
         }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         if class_of(layout).is_none() {
             // Large: the system can hand out fresh zero pages without writing them.
-            return unsafe { System.alloc_zeroed(layout) };
+            return unsafe { BACKEND.alloc_zeroed(layout) };
         }
         let p = unsafe { self.alloc(layout) };
         if !p.is_null() {
@@ -189,7 +202,7 @@ unsafe impl GlobalAlloc for ShardedHeap {
 
     unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
         let Some(class) = class_of(layout) else {
-            return unsafe { System.dealloc(p, layout) };
+            return unsafe { BACKEND.dealloc(p, layout) };
         };
         let block = p.cast::<Block>();
         let kept = self.shard().try_with(|heads, counts| {
@@ -203,7 +216,7 @@ unsafe impl GlobalAlloc for ShardedHeap {
             true
         });
         if kept != Some(true) {
-            unsafe { System.dealloc(p, class_layout(class)) };
+            unsafe { BACKEND.dealloc(p, class_layout(class)) };
         }
     }
 
@@ -211,7 +224,7 @@ unsafe impl GlobalAlloc for ShardedHeap {
         // SAFETY (layout): the caller guarantees `new_size` with this alignment is valid.
         let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
         match (class_of(layout), class_of(new_layout)) {
-            (None, None) => unsafe { System.realloc(p, layout, new_size) },
+            (None, None) => unsafe { BACKEND.realloc(p, layout, new_size) },
             (Some(a), Some(b)) if a == b => p,
             _ => {
                 let q = unsafe { self.alloc(new_layout) };
@@ -239,12 +252,75 @@ impl Drop for ShardedHeap {
                     // SAFETY: listed blocks are ours, allocated with the class layout.
                     unsafe {
                         let next = (*block).next;
-                        System.dealloc(block.cast(), class_layout(class));
+                        BACKEND.dealloc(block.cast(), class_layout(class));
                         block = next;
                     }
                 }
             }
             *shard.counts.get_mut() = [0; CLASSES];
+        }
+    }
+}
+
+#[cfg(test)]
+mod layout_check {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+
+    /// `System`, remembering the layout of each live block and panicking if
+    /// one is freed or reallocated with another.
+    pub struct Checked;
+
+    static LIVE: Mutex<Option<HashMap<usize, Layout>>> = Mutex::new(None);
+
+    /// Set in a forked child, which may inherit `LIVE` locked by a thread
+    /// that does not exist there: it then skips the bookkeeping.
+    pub static IN_FORK_CHILD: AtomicBool = AtomicBool::new(false);
+
+    fn with<R>(f: impl FnOnce(&mut HashMap<usize, Layout>) -> R) -> Option<R> {
+        let mut g = if IN_FORK_CHILD.load(Ordering::Relaxed) {
+            LIVE.try_lock().ok()?
+        } else {
+            LIVE.lock().unwrap_or_else(|e| e.into_inner())
+        };
+        Some(f(g.get_or_insert_with(HashMap::new)))
+    }
+
+    fn freeing(p: *mut u8, l: Layout) {
+        match with(|m| m.remove(&(p as usize))) {
+            Some(Some(was)) => {
+                assert_eq!(
+                    was, l,
+                    "block {p:?} allocated as {was:?} but freed as {l:?}"
+                )
+            }
+            Some(None) => panic!("block {p:?} ({l:?}) was never allocated from the backend"),
+            None => {} // a fork child that could not take the lock
+        }
+    }
+
+    unsafe impl GlobalAlloc for Checked {
+        unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+            let p = unsafe { System.alloc(l) };
+            with(|m| m.insert(p as usize, l));
+            p
+        }
+        unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+            let p = unsafe { System.alloc_zeroed(l) };
+            with(|m| m.insert(p as usize, l));
+            p
+        }
+        unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+            freeing(p, l);
+            unsafe { System.dealloc(p, l) }
+        }
+        unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+            freeing(p, l);
+            let q = unsafe { System.realloc(p, l, n) };
+            with(|m| m.insert(q as usize, Layout::from_size_align(n, l.align()).unwrap()));
+            q
         }
     }
 }
@@ -442,6 +518,376 @@ mod tests {
                 heap.dealloc(p as *mut u8, layout(size, 8));
             }
         }
-        assert!(heap.cached_blocks() <= SHARDS * CLASSES * 256);
+        let cap: usize = (0..CLASSES).map(|c| class_cap(c) as usize).sum();
+        assert!(heap.cached_blocks() <= SHARDS * cap);
+    }
+}
+
+/// Adversarial tests (review of step 16): alignment of every small layout,
+/// the realloc matrix, zeroing from dirty caches, contended and forked shards,
+/// thread exit, and a shard shared by many threads.
+#[cfg(test)]
+mod adversarial_tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    extern "C" {
+        // glibc and musl both have it; the lib tests run on `System`.
+        fn malloc_usable_size(p: *mut u8) -> usize;
+    }
+
+    fn layout(size: usize, align: usize) -> Layout {
+        Layout::from_size_align(size, align).unwrap()
+    }
+
+    fn byte(i: usize, salt: u8) -> u8 {
+        (i as u8).wrapping_mul(31) ^ salt
+    }
+
+    unsafe fn fill(p: *mut u8, n: usize, salt: u8) {
+        for i in 0..n {
+            unsafe { *p.add(i) = byte(i, salt) };
+        }
+    }
+
+    unsafe fn intact(p: *const u8, n: usize, salt: u8) -> bool {
+        (0..n).all(|i| unsafe { *p.add(i) } == byte(i, salt))
+    }
+
+    /// A block that will later be freed as class `c` must really be a class-`c`
+    /// block from the system (else it is freed with a layout it was not
+    /// allocated with).
+    unsafe fn assert_backing(p: *mut u8, l: Layout) {
+        assert_eq!(p as usize % l.align(), 0, "misaligned for {l:?}");
+        let usable = unsafe { malloc_usable_size(p) };
+        assert!(usable >= l.size(), "{usable} usable bytes for {l:?}");
+        if let Some(c) = class_of(l) {
+            assert!(
+                usable >= class_size(c),
+                "{usable} usable bytes for class {c} ({l:?})"
+            );
+        }
+    }
+
+    const ALIGNS: [usize; 8] = [1, 2, 4, 8, 16, 32, 64, 4096];
+
+    #[test]
+    fn every_small_layout_is_aligned_and_backed_by_a_whole_class_block() {
+        let heap = ShardedHeap::new();
+        for _pass in 0..2 {
+            // The second pass takes its blocks from the caches the first filled.
+            for align in ALIGNS {
+                for size in (1..=1100).chain([2048, 4096, 65536]) {
+                    let l = layout(size, align);
+                    unsafe {
+                        let p = heap.alloc(l);
+                        assert!(!p.is_null());
+                        assert_backing(p, l);
+                        p.write_bytes(0x5A, size);
+                        heap.dealloc(p, l);
+                    }
+                }
+            }
+        }
+        assert!(heap.cached_blocks() <= (0..CLASSES).map(|c| class_cap(c) as usize).sum());
+    }
+
+    #[test]
+    fn realloc_matrix_keeps_alignment_contents_and_class_backing() {
+        let sizes = [
+            1, 7, 8, 15, 16, 17, 31, 32, 33, 64, 100, 128, 129, 512, 513, 1000, 1023, 1024, 1025,
+            2000, 4096, 70_000,
+        ];
+        let heap = ShardedHeap::new();
+        for warm in [false, true] {
+            if warm {
+                // Give every class dirty cached blocks.
+                for c in 0..CLASSES {
+                    let ps: Vec<_> = (0..class_cap(c))
+                        .map(|_| unsafe { heap.alloc(class_layout(c)) })
+                        .collect();
+                    for p in ps {
+                        unsafe {
+                            p.write_bytes(0xEE, class_size(c));
+                            heap.dealloc(p, class_layout(c));
+                        }
+                    }
+                }
+            }
+            for align in ALIGNS {
+                for &old in &sizes {
+                    for &new in &sizes {
+                        let (lo, ln) = (layout(old, align), layout(new, align));
+                        let salt = (old ^ new ^ align) as u8;
+                        unsafe {
+                            let p = heap.alloc(lo);
+                            assert_backing(p, lo);
+                            fill(p, old, salt);
+                            let q = heap.realloc(p, lo, new);
+                            assert!(!q.is_null());
+                            assert_backing(q, ln);
+                            assert!(intact(q, old.min(new), salt), "{lo:?} -> {new}");
+                            if class_of(lo).is_some() && class_of(lo) == class_of(ln) {
+                                assert_eq!(p, q, "same class must stay in place");
+                            }
+                            q.write_bytes(0x11, new);
+                            // A second realloc straight back.
+                            let r = heap.realloc(q, ln, old);
+                            assert_backing(r, lo);
+                            assert!(std::slice::from_raw_parts(r, old.min(new))
+                                .iter()
+                                .all(|&b| b == 0x11));
+                            heap.dealloc(r, lo);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn alloc_zeroed_is_zero_for_every_size_from_dirty_caches() {
+        let heap = ShardedHeap::new();
+        let dirty = |heap: &ShardedHeap| {
+            for c in 0..CLASSES {
+                let ps: Vec<_> = (0..class_cap(c))
+                    .map(|_| unsafe { heap.alloc(class_layout(c)) })
+                    .collect();
+                for p in ps {
+                    unsafe {
+                        p.write_bytes(0xFF, class_size(c));
+                        heap.dealloc(p, class_layout(c));
+                    }
+                }
+            }
+        };
+        for align in [1, 8, 16, 32] {
+            dirty(&heap);
+            for size in (1..=1100).chain([4096, 100_000]) {
+                let l = layout(size, align);
+                unsafe {
+                    let p = heap.alloc_zeroed(l);
+                    assert_backing(p, l);
+                    assert!(
+                        std::slice::from_raw_parts(p, size).iter().all(|&b| b == 0),
+                        "{l:?}"
+                    );
+                    p.write_bytes(0xFF, size);
+                    heap.dealloc(p, l);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_class_caches_exactly_its_cap_and_hands_them_back_lifo() {
+        let heap = ShardedHeap::new();
+        let mut expect = 0;
+        for c in 0..CLASSES {
+            let l = layout(class_size(c) - 1, 8);
+            let ps: Vec<_> = (0..class_cap(c) as usize + 3)
+                .map(|_| unsafe { heap.alloc(l) })
+                .collect();
+            for &p in &ps {
+                unsafe { heap.dealloc(p, l) };
+            }
+            expect += class_cap(c) as usize;
+            assert_eq!(heap.cached_blocks(), expect, "class {c}");
+            // The last `cap` freed are the cached ones, newest first.
+            let again: Vec<_> = (0..class_cap(c))
+                .map(|_| unsafe { heap.alloc(l) })
+                .collect();
+            let cached: Vec<_> = ps[..class_cap(c) as usize].iter().rev().copied().collect();
+            assert_eq!(again, cached, "class {c}");
+            for p in again {
+                unsafe { heap.dealloc(p, l) };
+            }
+        }
+    }
+
+    /// A shard whose lock is held (by another thread, or by a thread that no
+    /// longer exists after a fork) is bypassed, never waited for.
+    #[test]
+    fn a_held_shard_is_bypassed_and_nothing_is_cached_through_it() {
+        let heap = ShardedHeap::new();
+        let l = layout(48, 8);
+        let cached = unsafe { heap.alloc(l) };
+        unsafe { heap.dealloc(cached, l) };
+        assert_eq!(heap.cached_blocks(), 1);
+        for s in &heap.shards {
+            s.locked.store(true, Ordering::Relaxed);
+        }
+        unsafe {
+            let mut live = Vec::new();
+            for i in 0..2000usize {
+                let l = layout(1 + i % 1100, 8);
+                let p = heap.alloc(l);
+                assert_ne!(p, cached, "took a block from a held shard");
+                live.push((p, l));
+                if i % 3 == 0 {
+                    let (p, l) = live.swap_remove(i % live.len());
+                    let q = heap.realloc(p, l, 1 + (i * 7) % 1100);
+                    live.push((q, layout(1 + (i * 7) % 1100, 8)));
+                }
+            }
+            for (p, l) in live {
+                heap.dealloc(p, l);
+            }
+        }
+        for s in &heap.shards {
+            s.locked.store(false, Ordering::Relaxed);
+        }
+        assert_eq!(heap.cached_blocks(), 1);
+    }
+
+    static FORK_HEAP: ShardedHeap = ShardedHeap::new();
+
+    /// `Command` with `pre_exec` forks: the child inherits shard locks held by
+    /// threads that do not exist in it, and must still allocate.
+    #[test]
+    fn a_forked_child_allocates_while_the_parent_holds_every_shard() {
+        use std::os::unix::process::CommandExt;
+        // Another thread hammering the heap at the moment of the forks, too.
+        let stop = Arc::new(AtomicBool::new(false));
+        let hammer = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    unsafe {
+                        let p = FORK_HEAP.alloc(layout(24, 8));
+                        FORK_HEAP.dealloc(p, layout(24, 8));
+                    }
+                }
+            })
+        };
+        for round in 0..20 {
+            let hold = round % 2 == 0;
+            if hold {
+                for s in &FORK_HEAP.shards {
+                    while s.locked.swap(true, Ordering::Acquire) {
+                        std::hint::spin_loop();
+                    }
+                }
+            }
+            let mut cmd = std::process::Command::new("true");
+            unsafe {
+                cmd.pre_exec(|| {
+                    super::layout_check::IN_FORK_CHILD.store(true, Ordering::Relaxed);
+                    for size in [8, 100, 1000, 5000] {
+                        let p = FORK_HEAP.alloc(layout(size, 8));
+                        if p.is_null() {
+                            return Err(std::io::Error::other("null"));
+                        }
+                        p.write_bytes(1, size);
+                        FORK_HEAP.dealloc(p, layout(size, 8));
+                    }
+                    Ok(())
+                });
+            }
+            let mut child = cmd.spawn().expect("spawn");
+            if hold {
+                for s in &FORK_HEAP.shards {
+                    s.locked.store(false, Ordering::Release);
+                }
+            }
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                if let Some(st) = child.try_wait().unwrap() {
+                    assert!(st.success(), "child failed: {st:?}");
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("forked child hung in the allocator");
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        hammer.join().unwrap();
+    }
+
+    static EXIT_HEAP: ShardedHeap = ShardedHeap::new();
+
+    struct FreeOnExit(Vec<(usize, Layout)>);
+    impl Drop for FreeOnExit {
+        fn drop(&mut self) {
+            for &(p, l) in &self.0 {
+                unsafe {
+                    // Allocating and freeing during TLS teardown.
+                    let q = EXIT_HEAP.alloc(l);
+                    EXIT_HEAP.dealloc(q, l);
+                    EXIT_HEAP.dealloc(p as *mut u8, l);
+                }
+            }
+        }
+    }
+    thread_local! {
+        static ON_EXIT: std::cell::RefCell<FreeOnExit> = const { std::cell::RefCell::new(FreeOnExit(Vec::new())) };
+    }
+
+    #[test]
+    fn short_lived_threads_allocate_and_free_during_thread_exit() {
+        for wave in 0..8 {
+            let ts: Vec<_> = (0..32)
+                .map(|t| {
+                    std::thread::spawn(move || {
+                        for i in 0..50usize {
+                            let l = layout(1 + (i * 37 + t * 11 + wave) % 1300, 8);
+                            let p = unsafe { EXIT_HEAP.alloc(l) };
+                            unsafe { p.write_bytes(7, l.size()) };
+                            ON_EXIT.with(|v| v.borrow_mut().0.push((p as usize, l)));
+                        }
+                    })
+                })
+                .collect();
+            for t in ts {
+                t.join().unwrap();
+            }
+        }
+        let max: usize = (0..CLASSES).map(|c| class_cap(c) as usize).sum::<usize>() * SHARDS;
+        assert!(EXIT_HEAP.cached_blocks() <= max);
+    }
+
+    /// Many threads forced onto ONE shard: the try-lock alone keeps owners apart.
+    #[test]
+    fn threads_sharing_one_shard_never_share_a_block() {
+        let heap = Arc::new(ShardedHeap::new());
+        let ts: Vec<_> = (0..8u8)
+            .map(|t| {
+                let heap = heap.clone();
+                std::thread::spawn(move || {
+                    SHARD.with(|s| s.set(3));
+                    let mut mine: Vec<(*mut u8, Layout, u8)> = Vec::new();
+                    for i in 0..100_000usize {
+                        let l = layout(if i % 2 == 0 { 16 } else { 64 }, 8);
+                        let tag = t.wrapping_mul(29).wrapping_add(i as u8);
+                        unsafe {
+                            let p = heap.alloc(l);
+                            p.write_bytes(tag, l.size());
+                            mine.push((p, l, tag));
+                            if mine.len() > 4 {
+                                let (p, l, tag) = mine.swap_remove(i % mine.len());
+                                assert!(
+                                    std::slice::from_raw_parts(p, l.size())
+                                        .iter()
+                                        .all(|&b| b == tag),
+                                    "a block changed under its owner"
+                                );
+                                heap.dealloc(p, l);
+                            }
+                        }
+                    }
+                    for (p, l, _) in mine {
+                        unsafe { heap.dealloc(p, l) };
+                    }
+                })
+            })
+            .collect();
+        for t in ts {
+            t.join().unwrap();
+        }
+        assert!(heap.cached_blocks() <= (0..CLASSES).map(|c| class_cap(c) as usize).sum());
     }
 }
