@@ -593,6 +593,22 @@ mod adversarial_tests {
         assert!(heap.cached_blocks() <= (0..CLASSES).map(|c| class_cap(c) as usize).sum());
     }
 
+    /// Fills every class's cache (on this thread's shard) with blocks
+    /// written all over with `byte`.
+    fn fill_caches_with_dirty_blocks(heap: &ShardedHeap, byte: u8) {
+        for c in 0..CLASSES {
+            let ps: Vec<_> = (0..class_cap(c))
+                .map(|_| unsafe { heap.alloc(class_layout(c)) })
+                .collect();
+            for p in ps {
+                unsafe {
+                    p.write_bytes(byte, class_size(c));
+                    heap.dealloc(p, class_layout(c));
+                }
+            }
+        }
+    }
+
     #[test]
     fn realloc_matrix_keeps_alignment_contents_and_class_backing() {
         let sizes = [
@@ -602,18 +618,7 @@ mod adversarial_tests {
         let heap = ShardedHeap::new();
         for warm in [false, true] {
             if warm {
-                // Give every class dirty cached blocks.
-                for c in 0..CLASSES {
-                    let ps: Vec<_> = (0..class_cap(c))
-                        .map(|_| unsafe { heap.alloc(class_layout(c)) })
-                        .collect();
-                    for p in ps {
-                        unsafe {
-                            p.write_bytes(0xEE, class_size(c));
-                            heap.dealloc(p, class_layout(c));
-                        }
-                    }
-                }
+                fill_caches_with_dirty_blocks(&heap, 0xEE);
             }
             for align in ALIGNS {
                 for &old in &sizes {
@@ -649,19 +654,7 @@ mod adversarial_tests {
     #[test]
     fn alloc_zeroed_is_zero_for_every_size_from_dirty_caches() {
         let heap = ShardedHeap::new();
-        let dirty = |heap: &ShardedHeap| {
-            for c in 0..CLASSES {
-                let ps: Vec<_> = (0..class_cap(c))
-                    .map(|_| unsafe { heap.alloc(class_layout(c)) })
-                    .collect();
-                for p in ps {
-                    unsafe {
-                        p.write_bytes(0xFF, class_size(c));
-                        heap.dealloc(p, class_layout(c));
-                    }
-                }
-            }
-        };
+        let dirty = |heap: &ShardedHeap| fill_caches_with_dirty_blocks(heap, 0xFF);
         for align in [1, 8, 16, 32] {
             dirty(&heap);
             for size in (1..=1100).chain([4096, 100_000]) {
