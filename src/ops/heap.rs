@@ -130,8 +130,9 @@ impl ShardedHeap {
         &self.shards[i]
     }
 
-    /// Blocks cached now, over all shards (for tests and the bench).
-    pub fn cached_blocks(&self) -> usize {
+    /// Blocks cached now, over all shards.
+    #[cfg(test)]
+    fn cached_blocks(&self) -> usize {
         self.shards
             .iter()
             .map(|s| loop {
